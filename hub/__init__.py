@@ -1,0 +1,1 @@
+"""The hub side of Esker: configuration, services, allocation, CLI."""

@@ -1,0 +1,314 @@
+"""The schema of esker.yaml: strict (unknown keys are errors), with the defaults a quick start needs.
+
+Every field has a description: the configuration reference (docs/configuration.md) is generated from it.
+"""
+
+from __future__ import annotations
+
+SIZE = {
+    "type": "string",
+    "pattern": r"^[0-9]+(\.[0-9]+)?\s*([KMGTP]i?|[kmgtp])?[Bb]?$",
+    "description": "A size such as 512M, 4G or 20Gi (powers of 1024).",
+}
+SLUG = {"type": "string", "pattern": r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"}
+GROUPS = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1},
+    "uniqueItems": True,
+    "description": "JupyterHub groups allowed to use this. Empty: everyone. Admins are always allowed.",
+}
+PORT = {"type": "integer", "minimum": 0, "maximum": 65535}
+
+# What a choice inside a profile option may change on the launch plan (KubeSpawner's
+# `kubespawner_override`, restricted to fields both backends understand).
+OVERRIDE = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Plan fields this choice sets.",
+    "properties": {
+        "gpus": {"type": "integer", "minimum": 0, "maximum": 16, "description": "GPUs for the server."},
+        "gpu_type": {"type": "string", "minLength": 1, "description": "A key of gpus.types."},
+        "cpu_limit": {"type": "number", "exclusiveMinimum": 0, "description": "CPU cores."},
+        "mem_limit": SIZE,
+        "scratch_size": SIZE,
+        "image": {"type": "string", "minLength": 1, "description": "Container image (Kubernetes)."},
+        "environment": {"type": "string", "minLength": 1, "description": "Local environment (embedded)."},
+    },
+}
+
+CHOICE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["display_name"],
+    "properties": {
+        "display_name": {"type": "string", "minLength": 1},
+        "description": {"type": "string"},
+        "default": {"type": "boolean", "default": False},
+        "groups": GROUPS,
+        "override": OVERRIDE,
+    },
+}
+
+OPTION = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["display_name", "choices"],
+    "properties": {
+        "display_name": {"type": "string", "minLength": 1},
+        "choices": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": r"^[A-Za-z0-9_.-]{1,40}$"},
+            "additionalProperties": CHOICE,
+        },
+    },
+}
+
+PROFILE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["slug", "display_name", "image", "environment"],
+    "properties": {
+        "slug": {**SLUG, "description": "Stable identifier used by the form and the REST API."},
+        "display_name": {"type": "string", "minLength": 1},
+        "description": {"type": "string", "default": ""},
+        "default": {"type": "boolean", "default": False, "description": "Preselected on the spawn page."},
+        "image": {"type": "string", "minLength": 1, "description": "Container image used on Kubernetes."},
+        "environment": {
+            "type": "string",
+            "pattern": r"^[a-z0-9][a-z0-9-]*$",
+            "description": "Folder under images/ whose requirements.lock is the local environment (embedded).",
+        },
+        "groups": GROUPS,
+        "cpu_limit": {"type": "number", "exclusiveMinimum": 0, "default": 1, "description": "CPU cores."},
+        "mem_limit": {**SIZE, "default": "2G"},
+        "scratch_size": {**SIZE, "default": "10G", "description": "Per-user scratch quota."},
+        "scratch_keep": {
+            "type": "boolean",
+            "default": False,
+            "description": "Keep the scratch directory when the server stops (otherwise it is wiped).",
+        },
+        "gpus": {"type": "integer", "minimum": 0, "maximum": 16, "default": 0, "description": "Default GPU count."},
+        "gpu_type": {"type": ["string", "null"], "default": None},
+        "spark": {"type": "boolean", "default": False, "description": "Inject the Spark master and defaults."},
+        "storage": {
+            "enum": ["optional", "required", "none"],
+            "default": "optional",
+            "description": "S3 credentials: required refuses the spawn when object storage is down.",
+        },
+        "options": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[a-z][a-z0-9_]{0,30}$", "not": {"const": "profile"}},
+            "additionalProperties": OPTION,
+            "default": {},
+            "description": "Choices offered on the spawn page (KubeSpawner profile_options).",
+        },
+    },
+}
+
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "esker.yaml",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["profiles"],
+    "properties": {
+        "hub": {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "properties": {
+                "ip": {
+                    "type": "string",
+                    "default": "127.0.0.1",
+                    "description": "Address the proxy listens on. Loopback unless you mean to expose the hub.",
+                },
+                "port": {**PORT, "default": 8000},
+                "hub_port": {**PORT, "default": 0, "description": "Hub API port (0: pick a free one)."},
+                "proxy_api_port": {**PORT, "default": 0, "description": "Proxy API port (0: pick a free one)."},
+                "base_url": {"type": "string", "default": "/", "pattern": "^/"},
+                "admin_users": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": ["admin"],
+                    "description": "Users with admin rights.",
+                },
+                "concurrent_spawn_limit": {"type": "integer", "minimum": 1, "default": 50},
+                "start_timeout": {"type": "integer", "minimum": 10, "default": 300,
+                                  "description": "Seconds a server may take to start (first spawn may build its environment)."},
+                "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
+            },
+        },
+        "auth": {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "properties": {
+                "type": {
+                    "enum": ["shared-password", "oauth", "dummy"],
+                    "default": "shared-password",
+                    "description": "shared-password (generated on first run), oauth (GenericOAuthenticator), "
+                    "or dummy (any password; tests only).",
+                },
+                "allow_all": {"type": "boolean", "default": True,
+                              "description": "Let every authenticated user in (shared-password, oauth)."},
+                "oauth": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "client_id": {"type": "string"},
+                        "client_secret": {"type": "string"},
+                        "authorize_url": {"type": "string"},
+                        "token_url": {"type": "string"},
+                        "userdata_url": {"type": "string"},
+                        "username_claim": {"type": "string", "default": "preferred_username"},
+                        "scope": {"type": "array", "items": {"type": "string"}},
+                        "oauth_callback_url": {"type": "string"},
+                        "manage_groups": {"type": "boolean", "default": False},
+                        "auth_state_groups_key": {"type": "string"},
+                    },
+                    "required": ["client_id", "authorize_url", "token_url", "userdata_url"],
+                },
+            },
+        },
+        "users": {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "properties": {
+                "system_user_prefix": {
+                    "type": "string",
+                    "pattern": "^[a-z_][a-z0-9_-]{0,15}$",
+                    "default": "jupyter-",
+                    "description": "Hub users run as system users named prefix+name (created on first spawn, as root).",
+                },
+                "home_root": {"type": "string", "default": "/home", "description": "Where system users' homes live."},
+                "groups": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                    "default": {},
+                    "description": "JupyterHub groups and their members, loaded at start.",
+                },
+            },
+        },
+        "scratch": {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "properties": {
+                "root": {
+                    "type": "string",
+                    "default": "{state_dir}/scratch",
+                    "description": "Directory on fast local disk (NVMe) holding one folder per user.",
+                },
+                "kubernetes": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "default": {},
+                    "properties": {
+                        "mount_path": {"type": "string", "default": "/scratch"},
+                        "storage_class": {"type": ["string", "null"], "default": None,
+                                          "description": "Node-local storage class for the ephemeral volume; null: hostPath mode."},
+                        "host_path_root": {"type": "string", "default": "/mnt/esker-scratch"},
+                    },
+                },
+            },
+        },
+        "spark": {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "properties": {
+                "enabled": {"type": "boolean", "default": True},
+                "master_url": {"type": ["string", "null"], "default": None,
+                               "description": "An external master (spark://host:port); null: start one (embedded)."},
+                "master_port": {**PORT, "default": 7077},
+                "webui_port": {**PORT, "default": 8080},
+                "worker_webui_port": {**PORT, "default": 8081},
+                "worker_cores": {"type": "integer", "minimum": 1, "default": 2},
+                "worker_memory": {**SIZE, "default": "4G"},
+                "cores_per_user": {"type": "integer", "minimum": 1, "default": 1,
+                                   "description": "spark.cores.max for each user's session."},
+                "executor_memory": {**SIZE, "default": "1G"},
+                "driver_memory": {**SIZE, "default": "1G"},
+                "system_user": {"type": "string", "default": "esker-spark",
+                                "description": "Account the master and worker run as when the hub runs as root."},
+            },
+        },
+        "gpus": {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "properties": {
+                "devices": {
+                    "oneOf": [{"const": "auto"}, {"type": "array", "items": {"type": "string"}, "uniqueItems": True}],
+                    "default": "auto",
+                    "description": "auto: detect with NVML. A list of device ids pins them (or tests the allocator).",
+                },
+                "resource_name": {"type": "string", "default": "nvidia.com/gpu"},
+                "types": {
+                    "type": "object",
+                    "default": {},
+                    "description": "GPU types offered on Kubernetes: node selector and tolerations for each.",
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "display_name": {"type": "string"},
+                            "node_selector": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "tolerations": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
+                },
+            },
+        },
+        "storage": {
+            "type": "object",
+            "default": {},
+            "description": "Object storage (S3 on Ceph RGW).",
+            "additionalProperties": False,
+            "properties": {
+                "enabled": {"type": "boolean", "default": False},
+                "endpoint": {"type": ["string", "null"], "default": None,
+                             "description": "External RGW endpoint; null: start the embedded Ceph."},
+                "region": {"type": "string", "default": "default"},
+                "admin_access_key": {"type": ["string", "null"], "default": None},
+                "admin_secret_key": {"type": ["string", "null"], "default": None},
+                "bucket_prefix": {"type": "string", "default": "esker-"},
+                "datasets": {
+                    "type": "array",
+                    "default": [],
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "bucket"],
+                        "properties": {
+                            "name": SLUG,
+                            "bucket": {"type": "string"},
+                            "prefix": {"type": "string", "default": ""},
+                            "groups": GROUPS,
+                            "writers": GROUPS,
+                        },
+                    },
+                },
+            },
+        },
+        "kubernetes": {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "properties": {
+                "namespace": {"type": "string", "default": "esker"},
+                "spark_mode": {"enum": ["standalone", "kubernetes"], "default": "standalone"},
+                "spark_master_service": {"type": "string", "default": "spark://esker-spark-master:7077"},
+                "s3_endpoint": {"type": ["string", "null"], "default": None},
+            },
+        },
+        "profiles": {
+            "type": "array",
+            "minItems": 1,
+            "items": PROFILE,
+            "description": "The notebook profiles users pick from.",
+        },
+    },
+}

@@ -1,0 +1,1 @@
+"""Profiles to launch plans, and the backends that run them."""
