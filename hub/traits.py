@@ -1,0 +1,146 @@
+"""esker.yaml -> JupyterHub traitlets, as small pure functions (the-littlest-jupyterhub's approach).
+
+Each function takes the validated config and the deployment facts (state dir, ports, secrets) and returns
+``{ClassName: {trait: value}}``; ``apply(c, mapping)`` writes that onto a traitlets Config. Anything set
+here can equally be set in a jupyterhub_config.py by people who prefer that.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+Mapping = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Facts about this installation that are not in esker.yaml."""
+
+    state_dir: str
+    config_file: str
+    port: int
+    hub_port: int
+    proxy_api_port: int
+    proxy_command: list[str]
+    user_password: str = ""
+    admin_password: str = ""
+    admin_token: str = ""
+    spark_home: str = ""
+    python: str = sys.executable
+    extra_services: list[dict] = field(default_factory=list)
+
+
+def hub_traits(cfg: dict, d: Deployment) -> Mapping:
+    hub = cfg["hub"]
+    return {
+        "JupyterHub": {
+            "ip": hub["ip"],
+            "port": d.port,
+            "hub_ip": "127.0.0.1",
+            "hub_port": d.hub_port,
+            "base_url": hub["base_url"],
+            "db_url": f"sqlite:///{os.path.join(d.state_dir, 'jupyterhub.sqlite')}",
+            "cookie_secret_file": os.path.join(d.state_dir, "secrets", "jupyterhub_cookie_secret"),
+            "pid_file": os.path.join(d.state_dir, "jupyterhub.pid"),
+            "concurrent_spawn_limit": hub["concurrent_spawn_limit"],
+            "log_level": hub["log_level"],
+            # Servers and the proxy outlive a hub restart (upgrades, config changes); `esker run`
+            # stops them explicitly when the operator asks for a full stop.
+            "cleanup_servers": False,
+            "cleanup_proxy": False,
+            "spawner_class": "esker-local",
+            "template_paths": [os.path.join(os.path.dirname(__file__), "templates")],
+        },
+        "ConfigurableHTTPProxy": {
+            "api_url": f"http://127.0.0.1:{d.proxy_api_port}",
+            "command": d.proxy_command,
+            "pid_file": os.path.join(d.state_dir, "proxy.pid"),
+        },
+    }
+
+
+def spawner_traits(cfg: dict, d: Deployment) -> Mapping:
+    return {
+        "Spawner": {
+            "default_url": "/lab",
+            "start_timeout": cfg["hub"]["start_timeout"],
+            "http_timeout": 120,
+            "ip": "127.0.0.1",
+        },
+        "EskerLocalSpawner": {"esker_config": d.config_file, "state_dir": d.state_dir},
+    }
+
+
+def auth_traits(cfg: dict, d: Deployment) -> Mapping:
+    auth = cfg["auth"]
+    admins = set(cfg["hub"]["admin_users"])
+    common = {"admin_users": admins, "allow_all": auth["allow_all"]}
+    if auth["type"] == "shared-password":
+        return {
+            "JupyterHub": {"authenticator_class": "shared-password"},
+            "Authenticator": common,
+            "SharedPasswordAuthenticator": {"user_password": d.user_password, "admin_password": d.admin_password},
+        }
+    if auth["type"] == "dummy":
+        return {"JupyterHub": {"authenticator_class": "dummy"}, "Authenticator": common}
+    o = auth["oauth"]
+    generic = {k: v for k, v in o.items() if k not in ("username_claim", "manage_groups")}
+    generic["username_claim"] = o.get("username_claim", "preferred_username")
+    if o.get("manage_groups"):
+        generic["manage_groups"] = True
+    return {
+        "JupyterHub": {"authenticator_class": "generic-oauth"},
+        "Authenticator": common,
+        "GenericOAuthenticator": generic,
+    }
+
+
+def group_traits(cfg: dict, d: Deployment) -> Mapping:
+    groups = cfg["users"]["groups"]
+    if not groups:
+        return {}
+    return {"JupyterHub": {"load_groups": {g: {"users": list(m)} for g, m in groups.items()}}}
+
+
+def service_traits(cfg: dict, d: Deployment) -> Mapping:
+    services: list[dict] = []
+    roles: list[dict] = []
+    if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"] and d.spark_home:
+        from .spark import service_commands
+
+        services += service_commands(cfg["spark"], d.spark_home, d.state_dir, d.python)
+    services.append({
+        "name": "idle-culler",
+        "command": [d.python, "-m", "jupyterhub_idle_culler", "--timeout=3600", "--cull-every=300"],
+        "display": False,
+    })
+    roles.append({
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    })
+    if d.admin_token:
+        services.append({"name": "esker-admin", "api_token": d.admin_token, "display": False})
+        roles.append({"name": "esker-admin", "scopes": ["admin:users", "admin:servers", "admin:groups",
+                                                         "read:hub", "read:metrics", "proxy", "tokens"],
+                      "services": ["esker-admin"]})
+    services += d.extra_services
+    return {"JupyterHub": {"services": services, "load_roles": roles}}
+
+
+def to_traitlets(cfg: dict, d: Deployment) -> Mapping:
+    merged: Mapping = {}
+    for part in (hub_traits, spawner_traits, auth_traits, group_traits, service_traits):
+        for cls, traits in part(cfg, d).items():
+            merged.setdefault(cls, {}).update(traits)
+    return merged
+
+
+def apply(c, mapping: Mapping) -> None:
+    for cls, traits in mapping.items():
+        section = c[cls]
+        for name, value in traits.items():
+            section[name] = value

@@ -1,0 +1,150 @@
+"""Local environments for embedded mode: one virtualenv per images/<name>/requirements.lock.
+
+The lock file is the same one the container image installs, so a profile behaves the same on one machine
+and on Kubernetes. Environments are built on demand (or ahead by `make run`), cached under the state
+directory by a hash of their inputs, and rebuilt when the lock file or the notebook helper changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+READY = ".esker-ready"
+
+
+def uv_bin() -> str:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except Exception:
+        found = shutil.which("uv") or os.path.join(os.path.dirname(sys.executable), "uv")
+        return found
+
+
+def default_python() -> str:
+    """The interpreter environments are built on: one every user can execute.
+
+    pyenv and friends often live under /root (mode 0700), which other accounts cannot enter, so prefer
+    the system's /usr/bin/python3.
+    """
+    for cand in ("/usr/bin/python3.11", "/usr/bin/python3"):
+        if os.access(cand, os.X_OK):
+            return cand
+    return sys.executable
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    path: Path
+
+    @property
+    def python(self) -> str:
+        return str(self.path / "bin" / "python")
+
+    @property
+    def bin(self) -> str:
+        return str(self.path / "bin")
+
+    def ready(self) -> bool:
+        return (self.path / READY).is_file()
+
+
+class EnvironmentBuilder:
+    def __init__(self, root: str | Path, images_dir: str | Path, python: str | None = None):
+        self.root = Path(root)
+        self.images_dir = Path(images_dir)
+        self.python = python or default_python()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def inputs(self, name: str) -> list[Path]:
+        lock = self.images_dir / name / "requirements.lock"
+        if not lock.is_file():
+            raise FileNotFoundError(f"no lock file for environment {name!r}: {lock}")
+        files = [lock]
+        client = self.images_dir / "esker-client"
+        if client.is_dir():
+            files += sorted(p for p in client.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                            and not p.name.endswith(".egg-info") and ".egg-info" not in str(p))
+        return files
+
+    def key(self, name: str) -> str:
+        h = hashlib.sha256(self.python.encode())
+        for p in self.inputs(name):
+            h.update(str(p.relative_to(self.images_dir)).encode())
+            h.update(p.read_bytes())
+        return h.hexdigest()[:12]
+
+    def get(self, name: str) -> Environment:
+        return Environment(name, self.root / f"{name}-{self.key(name)}")
+
+    async def ensure(self, name: str) -> AsyncIterator[str]:
+        """Build the environment if needed, yielding progress lines; returns when it is ready."""
+        env = self.get(name)
+        if env.ready():
+            return
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if env.ready():
+                return
+            async for line in self._build(env):
+                yield line
+
+    async def _build(self, env: Environment) -> AsyncIterator[str]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        # A file lock too: `esker prepare` and a running hub may build at the same moment.
+        lockfile = open(self.root / f".{env.name}.lock", "w")
+        try:
+            await asyncio.to_thread(fcntl.flock, lockfile, fcntl.LOCK_EX)
+            if env.ready():
+                return
+            shutil.rmtree(env.path, ignore_errors=True)
+            uv = uv_bin()
+            lock = self.images_dir / env.name / "requirements.lock"
+            steps = [
+                (f"Creating the {env.name} environment", [uv, "venv", "--python", self.python, "--seed",
+                                                          str(env.path)]),
+                (f"Installing {env.name} packages from {lock.name}",
+                 [uv, "pip", "install", "--python", env.python, "-r", str(lock)]),
+            ]
+            client = self.images_dir / "esker-client"
+            if (client / "pyproject.toml").is_file():
+                steps.append(("Installing the esker_client helper",
+                              [uv, "pip", "install", "--python", env.python, "--no-deps", str(client)]))
+            for title, cmd in steps:
+                yield title
+                proc = await asyncio.create_subprocess_exec(
+                    *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                    env={**os.environ, "UV_NO_PROGRESS": "1"},
+                )
+                tail: list[str] = []
+                assert proc.stdout is not None
+                async for raw in proc.stdout:
+                    line = raw.decode(errors="replace").rstrip()
+                    tail = (tail + [line])[-20:]
+                    if line.startswith(("Resolved", "Prepared", "Installed", "Audited", "Downloading", "Built")):
+                        yield line
+                if await proc.wait() != 0:
+                    shutil.rmtree(env.path, ignore_errors=True)
+                    raise RuntimeError(f"{title} failed:\n" + "\n".join(tail))
+            os.chmod(env.path, 0o755)
+            (env.path / READY).write_text(self.key(env.name) + "\n")
+            yield f"The {env.name} environment is ready"
+        finally:
+            lockfile.close()
+
+
+async def build_all(builder: EnvironmentBuilder, names: list[str], echo=print) -> None:
+    for name in names:
+        async for line in builder.ensure(name):
+            echo(f"[{name}] {line}")

@@ -1,0 +1,182 @@
+"""Start and stop a real embedded Esker hub for the tests and benchmarks: `esker run` as a subprocess
+with a throwaway state directory, its own free loopback ports, its own account prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+from hubclient import Hub
+
+REPO = Path(__file__).resolve().parent.parent
+# Built environments are shared between test runs (rebuilt only when a lock file changes).
+ENVS_DIR = os.environ.get("ESKER_TEST_ENVS_DIR", "/tmp/esker-test-envs")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_config(prefix: str, home_root: str, **overrides) -> dict:
+    cfg = yaml.safe_load((REPO / "esker.yaml").read_text())
+    cfg["hub"].update(port=free_port(), log_level="DEBUG" if os.environ.get("ESKER_TEST_DEBUG") else "INFO")
+    cfg["auth"] = {"type": "dummy"}
+    cfg["users"] = {"system_user_prefix": prefix, "home_root": home_root,
+                    "groups": {"gpu-users": ["gpu-user"], "instructors": []}}
+    cfg["spark"].update(master_port=free_port(), webui_port=free_port(), worker_webui_port=free_port(),
+                        worker_cores=2, worker_memory="2G")
+    cfg["gpus"]["devices"] = ["0", "1"]  # pinned ids: exercises the allocator without a GPU
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(cfg.get(section), dict):
+            cfg[section].update(values)
+        else:
+            cfg[section] = values
+    return cfg
+
+
+class RunningHub:
+    """A hub started with `esker run`; restartable with the same state."""
+
+    def __init__(self, cfg: dict | None = None, state_dir: str | None = None):
+        self.prefix = f"esk{secrets.token_hex(2)}-"
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="esker-test-", dir="/tmp")
+        os.chmod(self.state_dir, 0o755)
+        self.home_root = os.path.join(self.state_dir, "homes")
+        self.cfg = cfg or test_config(self.prefix, self.home_root)
+        self.cfg["users"]["system_user_prefix"] = self.prefix
+        self.cfg["users"]["home_root"] = self.home_root
+        self.config_file = os.path.join(self.state_dir, "esker.yaml")
+        Path(self.config_file).write_text(yaml.safe_dump(self.cfg))
+        self.token = secrets.token_hex(16)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(self.state_dir, "hub.log")
+        os.makedirs(ENVS_DIR, exist_ok=True)
+        os.chmod(ENVS_DIR, 0o755)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg['hub']['port']}"
+
+    @property
+    def hub(self) -> Hub:
+        return Hub(self.url, self.token)
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env.update(ESKER_CONFIG=self.config_file, ESKER_STATE_DIR=self.state_dir, ESKER_ADMIN_TOKEN=self.token,
+                   ESKER_ENVS_DIR=ENVS_DIR, ESKER_PORT=str(self.cfg["hub"]["port"]))
+        return env
+
+    def start(self, timeout: float = 300) -> "RunningHub":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "esker"), "run", "--prepare", "none"],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                r = requests.get(f"{self.url}/hub/api/", headers={"Authorization": f"token {self.token}"}, timeout=2)
+                if r.status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"hub did not answer in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            lines = Path(self.log_path).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def stop_hub(self) -> None:
+        """Stop the hub process only (servers and proxy stay up, as on a real restart)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def server_pids(self) -> list[int]:
+        db = os.path.join(self.state_dir, "jupyterhub.sqlite")
+        if not os.path.exists(db):
+            return []
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT state FROM spawners").fetchall()
+        pids = []
+        for (state,) in rows:
+            try:
+                pid = json.loads(state or "{}").get("pid")
+            except ValueError:
+                continue
+            if pid:
+                pids.append(int(pid))
+        return pids
+
+    def teardown(self) -> None:
+        """Stop everything this hub started: servers, hub, proxy, Spark; remove its accounts."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                users = self.hub.request("GET", "/users", timeout=10).json()
+                for u in users:
+                    if u.get("servers"):
+                        self.hub.request("DELETE", f"/users/{u['name']}/server", timeout=30)
+            except Exception:
+                pass
+        pids = self.server_pids()
+        self.stop_hub()
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        pidfile = Path(self.state_dir) / "proxy.pid"
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+        if os.geteuid() == 0:
+            for line in Path("/etc/passwd").read_text().splitlines():
+                name = line.split(":", 1)[0]
+                if name.startswith(self.prefix):
+                    subprocess.run(["userdel", "--remove", name], capture_output=True)
+                    subprocess.run(["groupdel", name], capture_output=True)
+        if not os.environ.get("ESKER_TEST_KEEP"):
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def prepare_environments(names: list[str]) -> None:
+    """Build environments into the shared test cache before hubs start (progress on stdout)."""
+    subprocess.run(
+        [str(REPO / ".venv" / "bin" / "esker"), "prepare", *names],
+        env={**os.environ, "ESKER_ENVS_DIR": ENVS_DIR, "ESKER_STATE_DIR": tempfile.mkdtemp(prefix="esker-prep-")},
+        check=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit("import this module from the tests")
