@@ -20,7 +20,8 @@ from .schema import SCHEMA
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "esker.yaml"
-IMAGES_DIR = REPO_ROOT / "images"
+# The lock files local environments are built from; a hub on Kubernetes (no local environments) has none.
+IMAGES_DIR = Path(os.environ.get("ESKER_IMAGES_DIR") or REPO_ROOT / "images")
 
 _SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGTPkmgtp]?)(i?)[Bb]?$")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
@@ -126,7 +127,7 @@ def _semantic_problems(cfg: dict, images_dir: Path) -> list[str]:
                             parse_size(ov[key])
                         except ValueError as e:
                             problems.append(f"{where}.options.{oname}.choices.{cname}.override.{key}: {e}")
-        for env in sorted(envs):
+        for env in sorted(envs) if images_dir.is_dir() else ():
             if not (images_dir / env / "requirements.lock").is_file():
                 problems.append(
                     f"{where}.environment: {env!r} has no images/{env}/requirements.lock to build it from"

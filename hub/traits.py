@@ -52,7 +52,6 @@ def hub_traits(cfg: dict, d: Deployment) -> Mapping:
             "cleanup_servers": False,
             "cleanup_proxy": False,
             "spawner_class": "esker-local",
-            "template_paths": [os.path.join(os.path.dirname(__file__), "templates")],
         },
         "ConfigurableHTTPProxy": {
             "api_url": f"http://127.0.0.1:{d.proxy_api_port}",

@@ -1,0 +1,32 @@
+#!/bin/sh
+# Install the system packages Esker needs, from Debian: each only when its command is missing.
+#   base:    Java (Spark), Node.js + npm (configurable-http-proxy), python3-venv
+#   browser: Chromium (the browser tests)
+# Idempotent; `apt-get update` runs at most once, and only when something must be installed.
+set -eu
+want="${*:-base}"
+pkgs=""
+need() { command -v "$1" >/dev/null 2>&1 || pkgs="$pkgs $2"; }
+for part in $want; do
+    case "$part" in
+        base)
+            need java default-jre-headless
+            need node nodejs
+            need npm npm
+            need useradd passwd
+            python3 -c 'import ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv"
+            ;;
+        browser)
+            need chromium chromium
+            ;;
+        *) echo "install-system: unknown part '$part' (base, browser)" >&2; exit 2 ;;
+    esac
+done
+[ -z "$pkgs" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "install-system: please install:$pkgs (as root: apt-get install -y$pkgs)" >&2
+    exit 1
+fi
+echo "install-system: installing$pkgs"
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y --no-install-recommends $pkgs || { apt-get update -q && apt-get install -y --no-install-recommends $pkgs; }

@@ -1,0 +1,337 @@
+"""EskerKubeSpawner with KubeSpawner's real pod builder, offline: every profile and choice, gating, forged
+requests, the golden environment check, and the Spark lifecycle against a fake API."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from types import MappingProxyType
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubespawner import KubeSpawner
+from tornado.web import HTTPError
+
+from esker.hub import cli_preview
+from esker.hub.config import DEFAULT_CONFIG
+from esker.spawner import k8s_objects as ko
+from esker.spawner import kubernetes as kube
+from esker.spawner.catalog import Catalog, UserInfo
+from esker.spawner.plan import Placement, Site, build_plan, select
+
+pytestmark = pytest.mark.kubernetes
+
+K8S_VERSIONS = ["1.32.0", kubernetes_validate.latest_version()]
+HUB_OWNED = re.compile(r"^(JUPYTERHUB_|JPY_|JUPYTER_IMAGE|CPU_|MEM_)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kubeconfig():
+    with cli_preview.offline_kubeconfig():
+        yield
+
+
+def write_config(tmp_path, name="esker.yaml", **sections):
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    tf = next(p for p in data["profiles"] if p["slug"] == "tensorflow")
+    tf["gpu_type"] = "a100"
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+CONFIGS = {
+    "shipped": {},
+    "nvme-k8s-spark": {"scratch": {"kubernetes": {"storage_class": "topolvm-nvme"}},
+                       "kubernetes": {"spark_mode": "kubernetes", "namespace": "hub"}},
+}
+
+
+def manifests(config_file, user="alice", groups=("gpu-users",), admin=False, **opts):
+    return asyncio.run(cli_preview.kubernetes_manifests(user, groups, admin, config_file, opts))
+
+
+def spawner_for(config_file, user="alice", groups=("gpu-users",), **opts):
+    return cli_preview.make_spawner(user, groups, False, config_file, opts)
+
+
+def combinations(catalog):
+    for p in catalog.profiles:
+        names = [o.name for o in p.options]
+        for picks in itertools.product(*[[c.name for c in o.choices] for o in p.options]):
+            yield {"profile": p.slug, **dict(zip(names, picks))}
+
+
+def strict(obj):
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def pod_env(pod):
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+
+
+def expected_plan(config_file, opts, user="alice", groups=("gpu-users",), pod="jupyter-alice", slug="alice"):
+    cfg = kube.load_config(config_file).data
+    sel = select(Catalog.from_config(cfg), UserInfo(user, frozenset(groups)), opts)
+    names = ko.Names(cfg["kubernetes"]["namespace"], pod, slug)
+    return cfg, sel, build_plan(sel, ko.kubernetes_placement(sel, cfg), ko.kubernetes_site(cfg, names, sel.image))
+
+
+@pytest.mark.parametrize("variant", CONFIGS)
+def test_every_profile_and_choice_gives_valid_manifests_with_the_plan_env(tmp_path, variant):
+    config_file = write_config(tmp_path, **CONFIGS[variant])
+    catalog = Catalog.from_config(kube.load_config(config_file))
+    seen = 0
+    for opts in combinations(catalog):
+        docs = manifests(config_file, **opts)
+        for doc in docs:
+            strict(doc)
+        pod = docs[0]
+        cfg, sel, plan = expected_plan(config_file, opts)
+        # Golden: what the container is given is exactly build_plan's env, plus JupyterHub's own.
+        env = pod_env(pod)
+        assert {k: v for k, v in env.items() if not HUB_OWNED.match(k)} == dict(plan.env), opts
+        assert not any(HUB_OWNED.match(k) for k in plan.env)
+        # Resources, GPUs and scheduling.
+        res = pod["spec"]["containers"][0]["resources"]
+        want = ko.resources(plan, cfg)
+        assert float(res["limits"]["cpu"]) == float(want["limits"]["cpu"])
+        assert int(res["limits"]["memory"]) == int(want["limits"]["memory"]) == sel.mem_limit
+        assert res["limits"].get("nvidia.com/gpu") == (str(sel.gpus) if sel.gpus else None)
+        assert pod["spec"].get("nodeSelector") == (ko.gpu_scheduling(plan, cfg)["node_selector"] or None)
+        assert (pod["spec"].get("tolerations") or []) == ko.gpu_scheduling(plan, cfg)["tolerations"]
+        if sel.gpus:
+            assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, range(sel.gpus)))
+            assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
+        else:
+            assert env["CUDA_VISIBLE_DEVICES"] == ""
+        # Scratch.
+        (vol,) = [v for v in pod["spec"]["volumes"] if v["name"] == ko.SCRATCH_VOLUME]
+        (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == ko.SCRATCH_VOLUME]
+        assert mount["mountPath"] == env["SCRATCH_DIR"] == "/scratch"
+        if variant == "shipped":
+            assert vol["hostPath"] == {"path": "/mnt/esker-scratch/alice", "type": "DirectoryOrCreate"}
+            assert [d["kind"] for d in docs[1:]] == (["Service"] if sel.profile.spark else [])
+        else:
+            spec = vol["ephemeral"]["volumeClaimTemplate"]["spec"]
+            assert spec["storageClassName"] == "topolvm-nvme"
+            assert spec["resources"]["requests"]["storage"] == str(sel.scratch_size)
+            kinds = [d["kind"] for d in docs[1:]]
+            assert kinds == ["PersistentVolumeClaim"] + (
+                ["ServiceAccount", "Role", "RoleBinding", "Service"] if sel.profile.spark else [])
+            assert pod["metadata"]["namespace"] == "hub"
+            assert (pod["spec"].get("serviceAccountName") is not None) == sel.profile.spark
+        seen += 1
+    assert seen == 6  # spark, tensorflow x3, scikit-learn, minimal
+
+
+def test_non_spark_pod_env_equals_the_embedded_plan_for_the_same_placement(tmp_path):
+    config_file = write_config(tmp_path)
+    for opts in ({"profile": "tensorflow", "gpus": "2"}, {"profile": "minimal"}, {"profile": "scikit-learn"}):
+        cfg, sel, _ = expected_plan(config_file, opts)
+        embedded = build_plan(sel, ko.kubernetes_placement(sel, cfg), Site(mode="embedded"))
+        env = pod_env(manifests(config_file, **opts)[0])
+        assert {k: v for k, v in env.items() if not HUB_OWNED.match(k)} == dict(embedded.env)
+
+
+def test_env_reaches_the_process_byte_for_byte_even_with_braces_and_references(tmp_path):
+    config_file = write_config(tmp_path)
+    secret = "s3cr{username}t$(ESKER_PROFILE)/x}"
+    grant = {"storage": {"endpoint": "http://rgw.ceph:80", "access_key": "AK", "secret_key": secret, "bucket": "b"}}
+
+    class Granted(kube.EskerKubeSpawner):
+        def esker_grants(self, sel):
+            return MappingProxyType(grant)
+
+    async def run():
+        sp = cli_preview.make_spawner("alice", (), False, config_file, {"profile": "minimal"})
+        sp.__class__ = Granted
+        return (await sp.esker_manifests())[0]
+
+    env = pod_env(asyncio.run(run()))
+    # Kubernetes expands $(VAR) from the container's env and turns $$ into $; do the same here.
+    def k8s_expand(value):
+        return re.sub(r"\$\$|\$\((\w+)\)", lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
+
+    assert k8s_expand(env["AWS_SECRET_ACCESS_KEY"]) == secret
+    assert env["AWS_ENDPOINT_URL"] == "http://rgw.ceph:80"
+
+
+def test_profile_list_follows_groups(tmp_path):
+    config_file = write_config(tmp_path)
+
+    async def profiles(groups):
+        sp = spawner_for(config_file, groups=groups)
+        assert sp.profile_list is kube._profile_list  # KubeSpawner calls it with the spawner
+        return {p["slug"]: p for p in sp.profile_list(sp)}
+
+    mine = asyncio.run(profiles(()))
+    assert list(mine["tensorflow"]["profile_options"]["gpus"]["choices"]) == ["0"]
+    mine = asyncio.run(profiles(("gpu-users",)))
+    assert list(mine["tensorflow"]["profile_options"]["gpus"]["choices"]) == ["0", "1", "2"]
+    assert not any("kubespawner_override" in p for p in mine.values())
+
+
+FORGED = [
+    ({"profile": "tensorflow", "gpus": "1"}, (), 403),  # not in gpu-users
+    ({"profile": "tensorflow", "gpus": "8"}, ("gpu-users",), 400),  # not a choice
+    ({"profile": "tensorflow", "gpus": ["1", "2"]}, ("gpu-users",), 400),
+    ({"profile": "tensorflow", "gpus--unlisted-choice": "8"}, ("gpu-users",), 400),  # KubeSpawner's escape hatch
+    ({"profile": "minimal", "image": "evil/miner:latest"}, ("gpu-users",), 400),
+    ({"profile": "nope"}, ("gpu-users",), 400),
+    ({"profile": "minimal", "cpu_limit": "64"}, ("gpu-users",), 400),
+]
+
+
+@pytest.mark.parametrize("opts,groups,status", FORGED)
+def test_forged_options_are_refused_before_anything_is_created(tmp_path, monkeypatch, opts, groups, status):
+    config_file = write_config(tmp_path, kubernetes={"spark_mode": "kubernetes"})
+    calls = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            async def call(*a, **kw):
+                calls.append(name)
+            return call
+
+    async def pod_start(self):
+        calls.append("KubeSpawner._start")
+        return "http://pod:8888"
+
+    monkeypatch.setattr(kube, "shared_client", lambda *a, **kw: Recorder())
+    monkeypatch.setattr(KubeSpawner, "_start", pod_start)
+
+    async def run(options):
+        sp = cli_preview.make_spawner("alice", groups, False, config_file, options)
+        sp.api = Recorder()
+        with pytest.raises(HTTPError) as hook:
+            sp.apply_user_options(sp, sp.user_options)  # JupyterHub's hook, before start
+        with pytest.raises(HTTPError) as start:
+            await sp._start()
+        with pytest.raises(HTTPError):
+            await sp.esker_manifests()
+        return hook.value, start.value
+
+    hook, start = asyncio.run(run(opts))
+    assert hook.status_code == start.status_code == status
+    assert calls == []
+
+    # The same spawner path with a valid request does create things, Spark objects before the pod.
+    async def ok():
+        sp = cli_preview.make_spawner("alice", ("gpu-users",), False, config_file, {"profile": "spark"})
+        sp.api = Recorder()
+        sp.apply_user_options(sp, sp.user_options)
+        return await sp._start()
+
+    assert asyncio.run(ok()) == "http://pod:8888"
+    assert calls == ["create_namespaced_service_account", "create_namespaced_role",
+                     "create_namespaced_role_binding", "create_namespaced_service", "KubeSpawner._start"]
+
+
+def test_reapplying_other_choices_does_not_accumulate(tmp_path):
+    config_file = write_config(tmp_path)
+
+    async def run():
+        sp = spawner_for(config_file, profile="tensorflow", gpus="2")
+        sp.tolerations = [{"key": "site", "operator": "Exists"}]
+        sp.environment = {"SITE": "x"}
+        await sp.load_user_options()
+        first = (dict(sp.extra_resource_limits), list(sp.tolerations), len(sp.volumes))
+        sp.user_options = {"profile": "minimal"}
+        await sp.load_user_options()
+        return first, sp
+
+    first, sp = asyncio.run(run())
+    assert first == ({"nvidia.com/gpu": "2"}, [{"key": "site", "operator": "Exists"},
+                     {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}], 1)
+    assert sp.extra_resource_limits == {} and sp.node_selector == {}
+    assert sp.tolerations == [{"key": "site", "operator": "Exists"}]
+    assert len(sp.volumes) == 1 and sp.environment["SITE"] == "x" and sp.environment["ESKER_PROFILE"] == "minimal"
+    assert "ESKER_GPU_TYPE" not in sp.environment
+
+
+class FakeApi:
+    def __init__(self, namespace, selector):
+        self.namespace, self.selector, self.calls = namespace, selector, []
+
+    async def delete_collection_namespaced_pod(self, namespace, label_selector=None, **kw):
+        assert namespace == self.namespace, namespace
+        assert label_selector == self.selector, label_selector
+        self.calls.append(("delete_collection_namespaced_pod", namespace, label_selector))
+
+    def __getattr__(self, name):  # anything else is a mistake
+        raise AssertionError(f"unexpected API call {name}")
+
+
+def test_delete_executors_uses_the_servers_selector_and_namespace():
+    names = ko.Names("hub", "jupyter-alice", "alice")
+    api = FakeApi("hub", "spark-role=executor,esker.io/server=jupyter-alice")
+    asyncio.run(kube.delete_executors(api, names))
+    assert len(api.calls) == 1
+    with pytest.raises(AssertionError):
+        asyncio.run(kube.delete_executors(FakeApi("hub", "spark-role=executor"), names))
+    with pytest.raises(AssertionError):
+        asyncio.run(kube.delete_executors(FakeApi("default", ko.executor_selector(names)), names))
+
+
+def test_stop_deletes_executors_then_the_pod_then_the_spark_objects(tmp_path, monkeypatch):
+    config_file = write_config(tmp_path, kubernetes={"spark_mode": "kubernetes", "namespace": "hub"})
+    order = []
+
+    class Rbac:
+        def __getattr__(self, name):
+            async def call(name_, namespace):
+                assert namespace == "hub"
+                order.append((name, name_))
+            return call
+
+    async def pod_stop(self, now=False):
+        order.append("pod")
+
+    monkeypatch.setattr(kube, "shared_client", lambda *a: Rbac())
+    monkeypatch.setattr(KubeSpawner, "stop", pod_stop)
+
+    async def run():
+        sp = spawner_for(config_file, profile="spark")
+        sp.api = FakeApi("hub", "spark-role=executor,esker.io/server=jupyter-alice")
+        await sp.stop()
+        return sp.api.calls
+
+    assert asyncio.run(run()) == [("delete_collection_namespaced_pod", "hub", "spark-role=executor,esker.io/server=jupyter-alice")]
+    assert order == ["pod", ("delete_namespaced_role_binding", "jupyter-alice-spark"),
+                     ("delete_namespaced_role", "jupyter-alice-spark"),
+                     ("delete_namespaced_service_account", "jupyter-alice-spark"),
+                     ("delete_namespaced_service", "jupyter-alice-spark")]
+
+
+def test_prepull_images_is_the_catalogs_image_list():
+    catalog = Catalog.from_config(kube.load_config(str(DEFAULT_CONFIG)))
+    assert kube.prepull_images(catalog) == [p.image for p in catalog.profiles]
+
+
+def test_preview_cli(tmp_path, capsys):
+    from esker.hub.cli import main
+
+    config_file = write_config(tmp_path, kubernetes={"spark_mode": "kubernetes"})
+    assert main(["preview", "--user", "bob", "--profile", "spark", "--config", config_file]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["kind"] for d in docs] == ["Pod", "ServiceAccount", "Role", "RoleBinding", "Service"]
+    assert pod_env(docs[0])["SPARK_MASTER"] == "k8s://https://kubernetes.default.svc"
+
+    assert main(["preview", "--backend", "embedded", "--user", "bob", "--group", "gpu-users", "--profile",
+                 "tensorflow", "--option", "gpus=2", "--config", config_file]) == 0
+    plan = yaml.safe_load(capsys.readouterr().out)
+    assert plan["env"]["CUDA_VISIBLE_DEVICES"] == "0,1" and plan["limits"]["gpus"] == 2
+
+    for argv in (["--profile", "tensorflow", "--option", "gpus=1"], ["--profile", "nope"],
+                 ["--profile", "minimal", "--option", "novalue"]):
+        for backend in ("kubernetes", "embedded"):
+            code = main(["preview", "--backend", backend, "--user", "bob", "--config", config_file, *argv])
+            out = capsys.readouterr()
+            assert code == 2 and out.out == "" and out.err.strip(), (backend, argv)
+    assert main(["preview", "--user", "bob", "--profile", "minimal", "--config", str(tmp_path / "missing.yaml")]) == 2
