@@ -24,6 +24,7 @@ from esker.hub.runtime import Runtime, get_runtime
 from esker.hub.spark import java_home
 
 from . import scratch
+from .limits import Group, Limiter
 from .catalog import UserInfo
 from .plan import LaunchPlan, OptionError, Placement, Selection, build_plan, select, with_grants
 
@@ -78,6 +79,7 @@ class EskerLocalSpawner(LocalProcessSpawner):
     gpu_devices = Any((), help="GPU device ids assigned to this server.")
     scratch_dir = Unicode("", help="This server's scratch directory.")
     scratch_used = Integer(0, help="Bytes in scratch at the last measurement.")
+    cgroup = Any(None, allow_none=True, help="The control group enforcing this server's CPU/memory limits.")
 
     @default("developer_mode")
     def _developer_mode_default(self):
@@ -204,6 +206,9 @@ class EskerLocalSpawner(LocalProcessSpawner):
                                   python=env.python)
             placement = await self._prepare_storage(sel, placement)
             self.plan = build_plan(sel, placement, rt.site)
+            if not self.developer_mode:
+                limiter = rt.extra.setdefault("limiter", Limiter())
+                self.cgroup = limiter.create(self.owner_key, self.plan.cpu_limit, self.plan.mem_limit)
             self.cmd = [os.path.join(env.bin, "jupyterhub-singleuser")]
             self._env_dir = str(env.path)
             self._event(80, f"Starting JupyterLab ({sel.profile.display_name})")
@@ -268,7 +273,13 @@ class EskerLocalSpawner(LocalProcessSpawner):
         acct = accounts.lookup(self.account_name)
         if acct is None:
             raise RuntimeError(f"system account {self.account_name} is missing")
-        return accounts.demote(acct)
+        demote, group = accounts.demote(acct), self.cgroup
+
+        def preexec():
+            Limiter.join(group)  # while still root: the server and all it starts stay inside
+            demote()
+
+        return preexec
 
     async def poll(self):
         status = await super().poll()
@@ -299,6 +310,8 @@ class EskerLocalSpawner(LocalProcessSpawner):
             await asyncio.to_thread(scratch.wipe, self.scratch_dir)
         self.scratch_dir = ""
         self.plan = None
+        group, self.cgroup = self.cgroup, None
+        await asyncio.to_thread(Limiter.remove, group)
 
     # -- state across hub restarts ------------------------------------------------------------------
     def get_state(self):
@@ -306,6 +319,8 @@ class EskerLocalSpawner(LocalProcessSpawner):
         if self.pid:
             state.update(account=self.account_name, gpus=list(self.gpu_devices), scratch_dir=self.scratch_dir,
                          options=dict(self.user_options or {}))
+            if self.cgroup is not None:
+                state["cgroup"] = {"paths": list(self.cgroup.paths), "version": self.cgroup.version}
         return state
 
     def load_state(self, state):
@@ -313,6 +328,8 @@ class EskerLocalSpawner(LocalProcessSpawner):
         self.account_name = state.get("account", "")
         self.scratch_dir = state.get("scratch_dir", "")
         self.gpu_devices = tuple(state.get("gpus", ()))
+        if state.get("cgroup"):
+            self.cgroup = Group(tuple(state["cgroup"]["paths"]), state["cgroup"]["version"])
         if state.get("options") is not None:
             try:
                 self.selection = select(self.runtime.catalog, self.user_info(), state["options"])

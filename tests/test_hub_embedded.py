@@ -229,3 +229,35 @@ def test_broken_config_fails_at_start(tmp_path):
         assert "profiles[0].cpu_limit" in str(e.value)
     finally:
         h.teardown()
+
+
+def test_cpu_and_memory_limits_are_enforced(running_hub, hub):
+    from esker.spawner.limits import Limiter
+
+    if not Limiter("esker-probe").enabled:
+        pytest.skip("no writable cgroup hierarchy on this machine: limits are reported only")
+    hub.ensure_user("limited")
+    hub.spawn("limited", {"profile": "minimal"})
+    try:
+        code = """
+import os
+from pathlib import Path
+groups = dict((l.split(':')[1], l.split(':')[2]) for l in Path('/proc/self/cgroup').read_text().splitlines())
+if 'memory' in groups:
+    base = Path('/sys/fs/cgroup/memory') / groups['memory'].lstrip('/')
+    print('MEM', (base / 'memory.limit_in_bytes').read_text().strip())
+    cpu = Path('/sys/fs/cgroup/cpu') / groups['cpu'].lstrip('/')
+    print('CPU', (cpu / 'cpu.cfs_quota_us').read_text().strip(), (cpu / 'cpu.cfs_period_us').read_text().strip())
+else:
+    base = Path('/sys/fs/cgroup') / groups[''].lstrip('/')
+    print('MEM', (base / 'memory.max').read_text().strip())
+    print('CPU', *(base / 'cpu.max').read_text().split())
+print('PATH', groups.get('memory', groups.get('')))
+"""
+        out = run_code(server_url(running_hub, "limited"), hub.user_token("limited"), code)
+        assert out["error"] is None, out["error"]
+        assert f"MEM {2 * 1024**3}" in out["stdout"]  # minimal: mem_limit 2G
+        assert "CPU 100000 100000" in out["stdout"]  # minimal: cpu_limit 1
+        assert "esker/limited" in out["stdout"]
+    finally:
+        hub.stop("limited")
