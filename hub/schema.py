@@ -10,7 +10,8 @@ SIZE = {
     "pattern": r"^[0-9]+(\.[0-9]+)?\s*([KMGTP]i?|[kmgtp])?[Bb]?$",
     "description": "A size such as 512M, 4G or 20Gi (powers of 1024).",
 }
-SLUG = {"type": "string", "pattern": r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"}
+SLUG = {"type": "string", "pattern": r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$",
+        "description": "lowercase letters, digits and inner dashes, at most 40 characters"}
 GROUPS = {
     "type": "array",
     "items": {"type": "string", "minLength": 1},
@@ -69,7 +70,7 @@ PROFILE = {
     "additionalProperties": False,
     "required": ["slug", "display_name", "image", "environment"],
     "properties": {
-        "slug": {**SLUG, "description": "Stable identifier used by the form and the REST API."},
+        "slug": {**SLUG, "description": "Stable identifier used by the form and the REST API: " + SLUG["description"] + "."},
         "display_name": {"type": "string", "minLength": 1},
         "description": {"type": "string", "default": ""},
         "default": {"type": "boolean", "default": False, "description": "Preselected on the spawn page."},
@@ -117,32 +118,35 @@ SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "default": {},
+            "description": "Where and how the hub listens.",
             "properties": {
                 "ip": {
                     "type": "string",
                     "default": "127.0.0.1",
                     "description": "Address the proxy listens on. Loopback unless you mean to expose the hub.",
                 },
-                "port": {**PORT, "default": 8000},
+                "port": {**PORT, "default": 8000, "description": "Public port of the proxy (ESKER_PORT overrides)."},
                 "hub_port": {**PORT, "default": 0, "description": "Hub API port (0: pick a free one)."},
                 "proxy_api_port": {**PORT, "default": 0, "description": "Proxy API port (0: pick a free one)."},
-                "base_url": {"type": "string", "default": "/", "pattern": "^/"},
+                "base_url": {"type": "string", "default": "/", "pattern": "^/", "description": "URL prefix of the hub, e.g. /esker/."},
                 "admin_users": {
                     "type": "array",
                     "items": {"type": "string"},
                     "default": ["admin"],
                     "description": "Users with admin rights.",
                 },
-                "concurrent_spawn_limit": {"type": "integer", "minimum": 1, "default": 50},
+                "concurrent_spawn_limit": {"type": "integer", "minimum": 1, "default": 50,
+                                           "description": "Spawns in flight at once; more get a clear retry-later message."},
                 "start_timeout": {"type": "integer", "minimum": 10, "default": 300,
                                   "description": "Seconds a server may take to start (first spawn may build its environment)."},
-                "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
+                "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO", "description": "Hub log level."},
             },
         },
         "auth": {
             "type": "object",
             "additionalProperties": False,
             "default": {},
+            "description": "How people log in.",
             "properties": {
                 "type": {
                     "enum": ["shared-password", "oauth", "dummy"],
@@ -175,6 +179,7 @@ SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "default": {},
+            "description": "Hub users' system accounts and groups (embedded mode).",
             "properties": {
                 "system_user_prefix": {
                     "type": "string",
@@ -195,6 +200,7 @@ SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "default": {},
+            "description": "Per-user fast scratch space.",
             "properties": {
                 "root": {
                     "type": "string",
@@ -218,6 +224,7 @@ SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "default": {},
+            "description": "The Spark cluster sessions connect to.",
             "properties": {
                 "enabled": {"type": "boolean", "default": True},
                 "master_url": {"type": ["string", "null"], "default": None,
@@ -239,6 +246,7 @@ SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "default": {},
+            "description": "GPUs handed to servers, one user per device.",
             "properties": {
                 "devices": {
                     "oneOf": [{"const": "auto"}, {"type": "array", "items": {"type": "string"}, "uniqueItems": True}],
@@ -274,7 +282,35 @@ SCHEMA = {
                 "region": {"type": "string", "default": "default"},
                 "admin_access_key": {"type": ["string", "null"], "default": None},
                 "admin_secret_key": {"type": ["string", "null"], "default": None},
-                "bucket_prefix": {"type": "string", "default": "esker-"},
+                "bucket_prefix": {"type": "string", "default": "esker-",
+                                  "pattern": r"^([a-z0-9]([a-z0-9]|-(?!-)){0,28}[a-z0-9-]?)?$",
+                                  "description": "Prefix of every user's RGW uid and personal bucket (lowercase, "
+                                  "digits, single hyphens)."},
+                "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 5,
+                            "description": "Seconds a spawn waits for object storage before going on without it "
+                            "(or refusing, for profiles with storage: required)."},
+                "user_max_buckets": {"type": "integer", "minimum": 1, "default": 1,
+                                     "description": "Buckets each user may own, the personal one included. "
+                                     "1 stops users from creating (squatting) other bucket names."},
+                "writer_groups": {**GROUPS, "default": ["instructors"],
+                                  "description": "Groups that may write every shared dataset (instructors), "
+                                  "besides hub admins and each dataset's writers."},
+                "embedded": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "default": {},
+                    "description": "The embedded single-node Ceph (used when endpoint is null).",
+                    "properties": {
+                        "objectstore": {"enum": ["bluestore", "memstore"], "default": "bluestore",
+                                        "description": "bluestore: a sparse file under $ESKER_STATE_DIR/ceph "
+                                        "(persistent); memstore: RAM (lost at stop)."},
+                        "size": {**SIZE, "default": "10G", "description": "Capacity (sparse bluestore file)."},
+                        "port": {**PORT, "default": 7480, "description": "radosgw port on 127.0.0.1."},
+                        "mon_port": {**PORT, "default": 3300, "description": "Ceph monitor port (fixed at creation)."},
+                        "ms_port_min": {**PORT, "default": 6800, "description": "Lowest port the OSD binds."},
+                        "ms_port_max": {**PORT, "default": 6830, "description": "Highest port the OSD binds."},
+                    },
+                },
                 "datasets": {
                     "type": "array",
                     "default": [],
@@ -297,6 +333,7 @@ SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "default": {},
+            "description": "Settings used only by the Kubernetes backend.",
             "properties": {
                 "namespace": {"type": "string", "default": "esker"},
                 "spark_mode": {"enum": ["standalone", "kubernetes"], "default": "standalone"},

@@ -111,6 +111,11 @@ def service_traits(cfg: dict, d: Deployment) -> Mapping:
         from .spark import service_commands
 
         services += service_commands(cfg["spark"], d.spark_home, d.state_dir, d.python)
+    st = cfg["storage"]
+    if st["enabled"] and not st["endpoint"]:
+        from .ceph import service_commands as ceph_services
+
+        services += ceph_services(st, d.state_dir, d.python)
     services.append({
         "name": "idle-culler",
         "command": [d.python, "-m", "jupyterhub_idle_culler", "--timeout=3600", "--cull-every=300"],

@@ -65,6 +65,7 @@ class EnvironmentBuilder:
         self.images_dir = Path(images_dir)
         self.python = python or default_python()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._keys: dict[str, tuple] = {}
 
     def inputs(self, name: str) -> list[Path]:
         lock = self.images_dir / name / "requirements.lock"
@@ -78,8 +79,19 @@ class EnvironmentBuilder:
         return files
 
     def key(self, name: str) -> str:
+        # Cached on the inputs' mtimes: every spawn asks, the files rarely change.
+        files = self.inputs(name)
+        stamp = tuple((str(p), p.stat().st_mtime_ns) for p in files)
+        cached = self._keys.get(name)
+        if cached and cached[0] == stamp:
+            return cached[1]
+        key = self._hash(files)
+        self._keys[name] = (stamp, key)
+        return key
+
+    def _hash(self, files: list[Path]) -> str:
         h = hashlib.sha256(self.python.encode())
-        for p in self.inputs(name):
+        for p in files:
             h.update(str(p.relative_to(self.images_dir)).encode())
             h.update(p.read_bytes())
         return h.hexdigest()[:12]

@@ -173,7 +173,7 @@ class EskerLocalSpawner(LocalProcessSpawner):
             self.selection = sel
             self._event(2, f"Preparing {sel.profile.display_name} for {self.user.name}")
 
-            env = rt.builder.get(sel.environment)
+            env = await asyncio.to_thread(rt.builder.get, sel.environment)
             if not env.ready():
                 self._event(5, f"First start of {sel.environment}: building its environment (once)")
                 n = 5
@@ -181,22 +181,23 @@ class EskerLocalSpawner(LocalProcessSpawner):
                     n = min(n + 5, 60)
                     self._event(n, line)
 
-            acct = self._account()
+            # useradd, chown and mkdir block: keep them off the hub's event loop.
+            acct = await asyncio.to_thread(self._account)
             self.account_name = acct.name
 
             if sel.gpus:
                 try:
                     pool = [g.id for g in rt.gpus]
-                    self.gpu_devices = rt.ledger.assign("gpu", self.owner_key, sel.gpus, pool)
+                    self.gpu_devices = await asyncio.to_thread(rt.ledger.assign, "gpu", self.owner_key, sel.gpus, pool)
                 except NoCapacity as e:
                     raise web.HTTPError(503, f"No GPU is free for {sel.profile.display_name}: {e}. "
                                         "Try the CPU-only choice or come back later.") from None
                 self._event(65, f"GPU(s) {', '.join(self.gpu_devices)} assigned")
 
             self.scratch_dir = scratch.scratch_path(rt.scratch_root, acct.name)
-            free = scratch.free_bytes(rt.scratch_root)
-            scratch.prepare(self.scratch_dir, None if self.developer_mode else acct.uid,
-                            None if self.developer_mode else acct.gid)
+            free = await asyncio.to_thread(scratch.free_bytes, rt.scratch_root)
+            await asyncio.to_thread(scratch.prepare, self.scratch_dir, None if self.developer_mode else acct.uid,
+                                    None if self.developer_mode else acct.gid)
             if free < sel.scratch_size:
                 self.log.warning("scratch for %s: %d bytes free under %s, profile allows %d",
                                  self.user.name, free, rt.scratch_root, sel.scratch_size)
@@ -208,7 +209,8 @@ class EskerLocalSpawner(LocalProcessSpawner):
             self.plan = build_plan(sel, placement, rt.site)
             if not self.developer_mode:
                 limiter = rt.extra.setdefault("limiter", Limiter())
-                self.cgroup = limiter.create(self.owner_key, self.plan.cpu_limit, self.plan.mem_limit)
+                self.cgroup = await asyncio.to_thread(limiter.create, self.owner_key, self.plan.cpu_limit,
+                                                      self.plan.mem_limit)
             self.cmd = [os.path.join(env.bin, "jupyterhub-singleuser")]
             self._env_dir = str(env.path)
             self._event(80, f"Starting JupyterLab ({sel.profile.display_name})")
@@ -303,7 +305,7 @@ class EskerLocalSpawner(LocalProcessSpawner):
     async def _release(self):
         """Give back what start took; safe to call twice and after a failed start."""
         rt = self.runtime
-        rt.ledger.release("gpu", self.owner_key)
+        await asyncio.to_thread(rt.ledger.release, "gpu", self.owner_key)
         self.gpu_devices = ()
         keep = self.selection.scratch_keep if self.selection is not None else True
         if self.scratch_dir and not keep:

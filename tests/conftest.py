@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from ceph_fixture import ceph  # noqa: E402,F401  (the session's throwaway Ceph RGW)
 from hubfixture import RunningHub, prepare_environments  # noqa: E402
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="per-user accounts need root")
@@ -22,8 +23,8 @@ def environments():
 
 
 @pytest.fixture(scope="session")
-def running_hub(environments):
-    h = RunningHub()
+def running_hub(environments, ceph):
+    h = RunningHub(ceph=ceph)
     try:
         h.start()
         yield h

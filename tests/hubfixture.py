@@ -33,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_config(prefix: str, home_root: str, **overrides) -> dict:
+def test_config(prefix: str, home_root: str, ceph=None, **overrides) -> dict:
     cfg = yaml.safe_load((REPO / "esker.yaml").read_text())
     cfg["hub"].update(port=free_port(), log_level="DEBUG" if os.environ.get("ESKER_TEST_DEBUG") else "INFO")
     cfg["auth"] = {"type": "dummy"}
@@ -42,6 +42,13 @@ def test_config(prefix: str, home_root: str, **overrides) -> dict:
     cfg["spark"].update(master_port=free_port(), webui_port=free_port(), worker_webui_port=free_port(),
                         worker_cores=2, worker_memory="2G")
     cfg["gpus"]["devices"] = ["0", "1"]  # pinned ids: exercises the allocator without a GPU
+    if ceph is not None:  # the test session's throwaway Ceph, as an external gateway
+        cfg["storage"] = {"enabled": True, "endpoint": ceph.endpoint, "region": ceph.region,
+                          "admin_access_key": ceph.access_key, "admin_secret_key": ceph.secret_key,
+                          "bucket_prefix": f"{prefix.rstrip('-')}-", "timeout": 5,
+                          "datasets": [{"name": "weather", "bucket": f"{prefix.rstrip('-')}x-data", "prefix": "weather/"}]}
+    else:
+        cfg["storage"] = {"enabled": False}
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(cfg.get(section), dict):
             cfg[section].update(values)
@@ -53,12 +60,12 @@ def test_config(prefix: str, home_root: str, **overrides) -> dict:
 class RunningHub:
     """A hub started with `esker run`; restartable with the same state."""
 
-    def __init__(self, cfg: dict | None = None, state_dir: str | None = None):
+    def __init__(self, cfg: dict | None = None, state_dir: str | None = None, ceph=None):
         self.prefix = f"esk{secrets.token_hex(2)}-"
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="esker-test-", dir="/tmp")
         os.chmod(self.state_dir, 0o755)
         self.home_root = os.path.join(self.state_dir, "homes")
-        self.cfg = cfg or test_config(self.prefix, self.home_root)
+        self.cfg = cfg or test_config(self.prefix, self.home_root, ceph=ceph)
         self.cfg["users"]["system_user_prefix"] = self.prefix
         self.cfg["users"]["home_root"] = self.home_root
         self.config_file = os.path.join(self.state_dir, "esker.yaml")
