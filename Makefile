@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-unit bench docs check clean images
+.PHONY: help install run stop test test-unit bench docs check clean images
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
@@ -28,6 +28,9 @@ install: $(VENV)/.installed node_modules/.installed  ## venv, proxy, Java, Node 
 run: install  ## the hub on http://127.0.0.1:$${ESKER_PORT:-8000} (embedded mode)
 	sh scripts/install-ceph.sh
 	$(VENV)/bin/esker run
+
+stop:  ## stop the embedded hub, its notebook servers and the proxy
+	$(VENV)/bin/esker stop --all
 
 test: install  ## the whole test suite (unit, hub, Spark, Ceph, Kubernetes offline, browser)
 	sh scripts/install-system.sh browser

@@ -28,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("file", nargs="?", help="config file (default: $ESKER_CONFIG or the shipped esker.yaml)")
     p.set_defaults(func=cmd_check)
     register_run(sub)
+    register_stop(sub)
 
 
 def cmd_prepare(args) -> int:
@@ -65,6 +66,11 @@ def cmd_run(args) -> int:
         return 1
     state_dir = default_state_dir()
     os.environ["ESKER_STATE_DIR"] = state_dir
+    token = os.environ.get("ESKER_ADMIN_TOKEN", "")
+    if token and len(token) < 16:
+        print("ESKER_ADMIN_TOKEN: too short to be safe (at least 16 characters; try `openssl rand -hex 24`)",
+              file=sys.stderr)
+        return 1
     if args.prepare != "none":
         prep = argparse_namespace(config=os.environ.get("ESKER_CONFIG"), state_dir=state_dir,
                                   env=None if args.prepare == "all" else [args.prepare])
@@ -121,3 +127,66 @@ def register_run(sub) -> None:
     q.add_argument("--state-dir", help="state directory")
     q.add_argument("env", nargs="*", help="environments to build (default: all in the catalog)")
     q.set_defaults(func=cmd_prepare)
+
+
+def cmd_stop(args) -> int:
+    """Stop the hub, then (with --all) the servers and the proxy it leaves running across restarts."""
+    import json
+    import os
+    import signal
+    import sqlite3
+    import time
+    from pathlib import Path
+
+    from .runtime import default_state_dir
+
+    state = Path(args.state_dir or default_state_dir())
+
+    def kill(pid: int, what: str, group: bool = False) -> None:
+        try:
+            (os.killpg if group else os.kill)(pid, signal.SIGTERM)
+            print(f"stopped {what} (pid {pid})")
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def pid_from(name: str) -> int | None:
+        try:
+            return int((state / name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    hub_pid = pid_from("jupyterhub.pid")
+    if hub_pid:
+        kill(hub_pid, "the hub")
+        for _ in range(100):  # managed services (Spark, Ceph) stop with the hub
+            try:
+                os.kill(hub_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+    if not args.all:
+        print("servers and the proxy keep running (they survive hub restarts); `esker stop --all` stops them")
+        return 0
+    db = state / "jupyterhub.sqlite"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            for (raw,) in conn.execute("SELECT state FROM spawners WHERE state IS NOT NULL"):
+                pid = json.loads(raw or "{}").get("pid")
+                if pid:
+                    kill(int(pid), "a notebook server", group=True)
+    proxy = pid_from("proxy.pid")
+    if proxy:
+        kill(proxy, "the proxy")
+    return 0
+
+
+def register_stop(sub) -> None:
+    p = sub.add_parser(
+        "stop",
+        help="stop the hub (and with --all its servers and proxy)",
+        description="Stop the embedded hub found in the state directory. Notebook servers and the proxy "
+        "outlive a hub restart by design; --all stops them too.",
+    )
+    p.add_argument("--state-dir", help="state directory (default: $ESKER_STATE_DIR, /var/lib/esker as root)")
+    p.add_argument("--all", action="store_true", help="also stop every notebook server and the proxy")
+    p.set_defaults(func=cmd_stop)
