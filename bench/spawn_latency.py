@@ -55,6 +55,7 @@ class PlainHub:
             c.Spawner.cmd = ["{singleuser}"]
             c.Spawner.args = ["--allow-root"]
             c.Spawner.default_url = "/lab"
+            c.Spawner.http_timeout = 120  # the same patience Esker's hub has
             c.JupyterHub.concurrent_spawn_limit = 50
             c.JupyterHub.services = [{{"name": "bench", "api_token": "{self.token}"}}]
             c.JupyterHub.load_roles = [{{"name": "bench", "scopes": ["admin:users", "admin:servers"],
@@ -86,11 +87,20 @@ class PlainHub:
             self.proc.wait(120)
 
 
-def burst(hub: Hub, users: list[str], options: dict | None) -> list[float]:
+def burst(hub: Hub, users: list[str], options: dict | None) -> list[float | None]:
+    """Seconds to ready per user; None for a spawn that failed (counted, not hidden)."""
     for u in users:
         hub.ensure_user(u)
+
+    def one(u):
+        try:
+            return hub.spawn(u, options)["seconds"]
+        except Exception as e:  # noqa: BLE001 - a failed spawn is a result too
+            print(f"  {u}: failed: {e}", flush=True)
+            return None
+
     with ThreadPoolExecutor(len(users)) as pool:
-        results = list(pool.map(lambda u: hub.spawn(u, options)["seconds"], users))
+        results = list(pool.map(one, users))
     with ThreadPoolExecutor(min(len(users), 10)) as pool:
         list(pool.map(hub.stop, users))
     return results
@@ -123,10 +133,11 @@ def main() -> int:
             for r in range(args.repeat):
                 for label, h, opts in (("esker", esker.hub, {"profile": "minimal"}), ("plain", plain.hub, None)):
                     users = [f"b{level}r{r}u{i}" for i in range(level)]
-                    t = burst(h, users, opts)
-                    rows += [{"spawner": label, "concurrency": level, "round": r, "seconds": s} for s in t]
+                    got = burst(h, users, opts)
+                    rows += [{"spawner": label, "concurrency": level, "round": r, "seconds": s} for s in got]
+                    t = [x for x in got if x is not None] or [float("nan")]
                     print(f"{label:6s} {level:3d} users round {r}: median {statistics.median(t):6.2f}s "
-                          f"max {max(t):6.2f}s", flush=True)
+                          f"max {max(t):6.2f}s failed {got.count(None)}", flush=True)
         spark = {}
         if not args.no_spark:
             h = esker.hub
@@ -151,13 +162,17 @@ def main() -> int:
     for level in levels:
         e = [x["seconds"] for x in rows if x["spawner"] == "esker" and x["concurrency"] == level]
         p = [x["seconds"] for x in rows if x["spawner"] == "plain" and x["concurrency"] == level]
-        summary.append({"concurrency": level, "esker_median": statistics.median(e), "esker_p95": pct(e, 0.95),
+        failed = {"esker_failed": e.count(None), "plain_failed": p.count(None)}
+        e = [x for x in e if x is not None] or [float("nan")]
+        p = [x for x in p if x is not None] or [float("nan")]
+        summary.append({"concurrency": level, **failed, "esker_median": statistics.median(e), "esker_p95": pct(e, 0.95),
                         "plain_median": statistics.median(p), "plain_p95": pct(p, 0.95),
                         "ratio_median": statistics.median(e) / statistics.median(p)})
-    print(f"\n{'users':>5} {'esker p50':>10} {'plain p50':>10} {'ratio':>6} {'esker p95':>10} {'plain p95':>10}")
+    print(f"\n{'users':>5} {'esker p50':>10} {'plain p50':>10} {'ratio':>6} {'esker p95':>10} {'plain p95':>10}"
+          f" {'failed e/p':>10}")
     for s in summary:
         print(f"{s['concurrency']:5d} {s['esker_median']:9.2f}s {s['plain_median']:9.2f}s {s['ratio_median']:6.2f} "
-              f"{s['esker_p95']:9.2f}s {s['plain_p95']:9.2f}s")
+              f"{s['esker_p95']:9.2f}s {s['plain_p95']:9.2f}s {s['esker_failed']:>5}/{s['plain_failed']}")
 
     out = Path(args.out)
     with open(out / "spawn_latency.csv", "w", newline="") as f:

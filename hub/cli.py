@@ -16,6 +16,9 @@ COMMAND_MODULES = [
     "cli_core",  # run, check, env
     "cli_preview",  # preview
     "cli_storage",  # storage, data
+    "cli_status",  # status
+    "cli_bench",  # bench
+    "cli_courses",  # course, reserve
 ]
 
 

@@ -144,6 +144,9 @@ def _semantic_problems(cfg: dict, images_dir: Path) -> list[str]:
         )
     if cfg["auth"]["type"] == "oauth" and "oauth" not in cfg["auth"]:
         problems.append("auth.oauth: required when auth.type is oauth")
+    from .courses import course_problems
+
+    problems += course_problems(cfg)
     return problems
 
 

@@ -9,7 +9,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from esker.hub import config as config_mod
-from esker.hub import deployment, traits
+from esker.hub import deployment, metrics, traits
 from esker.hub.runtime import default_state_dir, get_runtime
 from esker.hub.spark import spark_home_of
 from esker.spawner.envs import build_all
@@ -20,6 +20,7 @@ config_file = os.environ.get("ESKER_CONFIG") or str(config_mod.DEFAULT_CONFIG)
 state_dir = default_state_dir()
 cfg = config_mod.load(config_file)  # a broken file stops the hub here, naming the field
 runtime = get_runtime(config_file, state_dir)
+metrics.install(runtime)  # scrape-time collectors: GPUs (ledger + NVML), servers, Spark
 
 spark_home = ""
 if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"]:

@@ -349,3 +349,87 @@ SCHEMA = {
         },
     },
 }
+
+# --------------------------------------------------------------------------- courses and capacity (additive)
+ISO_DATETIME = {
+    "type": "string",
+    "pattern": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$",
+    "description": "An ISO 8601 date and time such as 2026-11-17T09:00 or 2026-11-17T09:00+01:00 "
+    "(no offset: the hub's local time).",
+}
+
+COURSE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "group"],
+    "properties": {
+        "name": {**SLUG, "description": "Course identifier; participants find its content in ~/<name>/: "
+                 + SLUG["description"] + "."},
+        "display_name": {"type": "string", "minLength": 1, "description": "Shown to participants."},
+        "group": {"type": "string", "minLength": 1,
+                  "description": "JupyterHub group of the participants (created at start if missing)."},
+        "instructors": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True,
+                        "default": [],
+                        "description": "Hub users who may manage the course and reach its participants' servers."},
+        "participants": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True,
+                         "default": [],
+                         "description": "Initial members of the course group (more can be added at run time)."},
+        "content": {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "description": "Notebooks copied into each participant's ~/<name>/ at every spawn (nbgitpuller's "
+            "merge rules: the participant's edits are kept).",
+            "properties": {
+                "path": {"type": "string", "minLength": 1,
+                         "description": "A folder under notebooks/ (relative) or an absolute path."},
+                "git": {"type": "string", "minLength": 1, "description": "A git URL (https://, file://, ssh)."},
+                "ref": {"type": "string", "minLength": 1, "default": "HEAD",
+                        "description": "Branch, tag or commit of the git source."},
+                "subdir": {"type": "string", "default": "", "description": "Folder inside the git repository."},
+            },
+        },
+        "datasets": {"type": "array", "items": SLUG, "uniqueItems": True, "default": [],
+                     "description": "Names from storage.datasets linked into the course folder as data/ "
+                     "(read-only for participants, writable for instructors)."},
+        "profiles": {"type": "array", "items": SLUG, "uniqueItems": True, "default": [],
+                     "description": "Profile slugs participants use for this course. Empty: any profile."},
+        "password": {"type": ["string", "null"], "default": None,
+                     "description": "Optional course password participants give once to join the group "
+                     "(POST /services/esker-courses/api/courses/<name>/join)."},
+        "window": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "default": None,
+            "required": ["start", "end"],
+            "description": "When the course runs (a reservation of seats is made for it at start).",
+            "properties": {"start": ISO_DATETIME, "end": ISO_DATETIME},
+        },
+        "seats": {"type": "integer", "minimum": 0, "default": 0,
+                  "description": "Servers reserved for participants during the window (0: no reservation)."},
+        "idle_timeout": {"type": "integer", "minimum": 60, "default": 3600,
+                         "description": "Seconds after which an idle participant's server is stopped."},
+    },
+}
+
+CAPACITY = {
+    "type": "object",
+    "additionalProperties": False,
+    "default": {},
+    "description": "What this hub can run at once, for reservations and seat checks. Unset: from the machine "
+    "(CPU count, memory, GPUs configured, free space under scratch.root).",
+    "properties": {
+        "cpu": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None, "description": "CPU cores."},
+        "memory": {"oneOf": [SIZE, {"type": "null"}], "default": None, "description": "Memory (e.g. 256G)."},
+        "gpus": {"type": ["integer", "null"], "minimum": 0, "default": None, "description": "GPUs."},
+        "scratch": {"oneOf": [SIZE, {"type": "null"}], "default": None, "description": "Scratch space."},
+    },
+}
+
+SCHEMA["properties"]["courses"] = {
+    "type": "array",
+    "default": [],
+    "items": COURSE,
+    "description": "Workshops and courses: a participant group, content, datasets, seats (docs/courses.md).",
+}
+SCHEMA["properties"]["capacity"] = CAPACITY

@@ -135,11 +135,35 @@ def service_traits(cfg: dict, d: Deployment) -> Mapping:
     return {"JupyterHub": {"services": services, "load_roles": roles}}
 
 
+def course_traits(cfg: dict, d: Deployment, merged: Mapping) -> None:
+    """Courses (docs/courses.md): their groups, their instructors' roles and the esker-courses service,
+    added to what the other parts produced (lists and groups are extended, not replaced)."""
+    from .courses import course_groups, course_roles, courses_service, courses_from_config
+
+    courses = courses_from_config(cfg)
+    store = os.path.join(d.state_dir, "courses.sqlite")
+    if os.path.exists(store):  # courses created at run time get their instructors' roles at (re)start
+        from .reservations import CourseStore
+
+        courses = CourseStore(store).effective_courses(courses)
+    hub = merged.setdefault("JupyterHub", {})
+    groups = hub.setdefault("load_groups", {})
+    for name, spec in course_groups(cfg, courses).items():
+        have = groups.setdefault(name, {"users": []})["users"]
+        have += [u for u in spec["users"] if u not in have]
+    if not groups:
+        del hub["load_groups"]
+    service, role = courses_service(cfg, d)
+    hub["services"] = [*hub.get("services", []), service]
+    hub["load_roles"] = [*hub.get("load_roles", []), role, *course_roles(cfg, courses)]
+
+
 def to_traitlets(cfg: dict, d: Deployment) -> Mapping:
     merged: Mapping = {}
     for part in (hub_traits, spawner_traits, auth_traits, group_traits, service_traits):
         for cls, traits in part(cfg, d).items():
             merged.setdefault(cls, {}).update(traits)
+    course_traits(cfg, d, merged)
     return merged
 
 

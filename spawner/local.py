@@ -18,8 +18,10 @@ from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
 from traitlets import Any, Bool, Integer, Unicode, default
 
-from esker.hub import accounts
+from esker.hub import accounts, metrics
+from esker.hub.courses import course_environment, prepare_course_content
 from esker.hub.ledger import NoCapacity
+from esker.hub.reservations import check_seat, running_from_db
 from esker.hub.runtime import Runtime, get_runtime
 from esker.hub.spark import java_home
 
@@ -138,12 +140,17 @@ class EskerLocalSpawner(LocalProcessSpawner):
         try:
             sel = select(self.runtime.catalog, self.user_info(), user_options)
         except OptionError as e:
+            metrics.spawn_refused((user_options or {}).get("profile", ""), "options")
             raise web.HTTPError(e.status, str(e)) from None
         if sel.gpus > len(self.runtime.gpus):
+            metrics.spawn_refused(sel.profile.slug, "no_gpu")
             raise web.HTTPError(
                 409, f"{sel.profile.display_name} with {sel.gpus} GPU(s) cannot start here: "
                 f"this hub has {len(self.runtime.gpus)} GPU(s)")
         self.selection = sel
+        # Seats promised to a course in its window are kept for its participants.
+        check_seat(self.runtime, self.user_info(), sel,
+                   running_by_profile=running_from_db(self.user.db, self.runtime.catalog, exclude=self.user.name))
 
     # -- progress -----------------------------------------------------------------------------------
     def _event(self, progress: int, message: str) -> None:
@@ -168,9 +175,11 @@ class EskerLocalSpawner(LocalProcessSpawner):
         self._events = []
         self._prepared = False
         rt = self.runtime
+        started = None
         try:
             sel: Selection = self.selection or select(rt.catalog, self.user_info(), self.user_options)
             self.selection = sel
+            started = metrics.spawn_started(sel.profile.slug)
             self._event(2, f"Preparing {sel.profile.display_name} for {self.user.name}")
 
             env = await asyncio.to_thread(rt.builder.get, sel.environment)
@@ -184,6 +193,10 @@ class EskerLocalSpawner(LocalProcessSpawner):
             # useradd, chown and mkdir block: keep them off the hub's event loop.
             acct = await asyncio.to_thread(self._account)
             self.account_name = acct.name
+            uid, gid = (None, None) if self.developer_mode else (acct.uid, acct.gid)
+            for msg in await prepare_course_content(rt, sel.user, acct.home, uid, gid):
+                self._event(67, msg)
+            self._course_env = await asyncio.to_thread(course_environment, rt, sel.user, acct.home)
 
             if sel.gpus:
                 try:
@@ -215,8 +228,15 @@ class EskerLocalSpawner(LocalProcessSpawner):
             self._env_dir = str(env.path)
             self._event(80, f"Starting JupyterLab ({sel.profile.display_name})")
             self._prepared = True
-            return await super().start()
-        except BaseException:
+            url = await super().start()
+            metrics.watch_ready(self, sel.profile.slug, started, key=self.owner_key)
+            if self.gpu_devices:
+                metrics.gpu_assigned(self.owner_key, self.gpu_devices)
+            return url
+        except BaseException as e:
+            if started is not None:
+                metrics.spawn_finished(sel.profile.slug, "failure", time.monotonic() - started,
+                                       metrics.failure_reason(e))
             self._prepared = True
             await self._release()
             raise
@@ -231,6 +251,7 @@ class EskerLocalSpawner(LocalProcessSpawner):
         try:
             grant = await storage.prepare(self.user.name, groups=sel.user.groups, admin=sel.user.admin)
         except Exception as e:
+            metrics.s3_provisioning_failed()
             if sel.profile.storage == "required":
                 raise web.HTTPError(503, f"Object storage is unavailable, and {sel.profile.display_name} "
                                     f"needs it: {e}") from None
@@ -247,6 +268,7 @@ class EskerLocalSpawner(LocalProcessSpawner):
             return env
         env_dir = getattr(self, "_env_dir", "")
         env.update(plan.env)
+        env.update(getattr(self, "_course_env", {}))
         env["PATH"] = f"{env_dir}/bin:/usr/local/bin:/usr/bin:/bin"
         env["VIRTUAL_ENV"] = env_dir
         jh = java_home()
@@ -285,11 +307,16 @@ class EskerLocalSpawner(LocalProcessSpawner):
 
     async def poll(self):
         status = await super().poll()
+        if status is None and self.selection is not None:
+            metrics.server_running(self.owner_key, self.selection.profile.slug)
+        elif status is not None:
+            metrics.server_stopped(self.owner_key)
         if status is None and self.scratch_dir:
             now = time.monotonic()
             if now - getattr(self, "_scratch_checked", 0) >= self.scratch_check_interval:
                 self._scratch_checked = now
                 self.scratch_used = await asyncio.to_thread(scratch.usage, self.scratch_dir)
+                metrics.scratch_measured(self.user.name, self.scratch_used)
                 limit = self.selection.scratch_size if self.selection else 0
                 if limit and self.scratch_used > limit:
                     self.log.warning("%s uses %d bytes of scratch, over its %d", self._log_name,
@@ -307,6 +334,9 @@ class EskerLocalSpawner(LocalProcessSpawner):
         rt = self.runtime
         await asyncio.to_thread(rt.ledger.release, "gpu", self.owner_key)
         self.gpu_devices = ()
+        metrics.server_stopped(self.owner_key)
+        metrics.gpu_released(self.owner_key)
+        metrics.scratch_cleared(self.user.name)
         keep = self.selection.scratch_keep if self.selection is not None else True
         if self.scratch_dir and not keep:
             await asyncio.to_thread(scratch.wipe, self.scratch_dir)

@@ -192,7 +192,7 @@ def test_traits_mapping_defaults():
     assert m["JupyterHub"]["authenticator_class"] == "shared-password"
     assert m["SharedPasswordAuthenticator"]["user_password"] == "pw-123456"
     names = [s["name"] for s in m["JupyterHub"]["services"]]
-    assert names == ["spark-master", "spark-worker", "idle-culler"]
+    assert names == ["spark-master", "spark-worker", "ceph", "idle-culler", "esker-courses"]
     assert "esker-admin" not in names  # no token, no admin service
 
 

@@ -1,0 +1,397 @@
+"""The ``esker-courses`` JupyterHub-managed service: a REST API for courses and reservations, and the per-course
+idle culler. Served by the hub's proxy at /services/esker-courses/; every request carries a hub token
+(``Authorization: token ...``), identified with ``jupyterhub.services.auth.HubAuth``.
+
+Who may do what (decided here from the token's identity, never from the request body):
+
+- admins (and the ``esker-admin`` service): everything;
+- a course's instructors: read it, update its participants/content/window/seats/password/idle timeout (not its
+  group or instructors), sync its content, reserve and release its seats;
+- anyone logged in: see the courses they take, and join a course with its password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hmac
+import json
+import logging
+import os
+import pwd
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+import jsonschema
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from . import config as config_mod
+from .courses import (Course, CourseError, content_source, course_problems, courses_from_config, merge_as_user)
+from .reservations import CourseStore, Reservation, admit, machine_capacity
+from .schema import COURSE
+
+log = logging.getLogger("esker.courses")
+
+INSTRUCTOR_FIELDS = {"display_name", "participants", "content", "window", "seats", "password", "idle_timeout",
+                     "profiles"}
+
+
+class Api:
+    """The hub's REST API with the service's own token."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.http = AsyncHTTPClient()
+
+    async def __call__(self, method: str, path: str, body=None, ok=(200, 201, 204)):
+        req = HTTPRequest(f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"},
+                          body=None if body is None else json.dumps(body),
+                          allow_nonstandard_methods=True, request_timeout=30)
+        try:
+            r = await self.http.fetch(req, raise_error=False)
+        except OSError as e:
+            raise web.HTTPError(502, f"hub API unreachable: {e}") from None
+        if r.code not in ok:
+            return r.code, None
+        return r.code, (json.loads(r.body) if r.body else None)
+
+
+class State:
+    def __init__(self, cfg, state_dir: str, api: Api, auth):
+        from esker.spawner.catalog import Catalog
+        from esker.spawner.gpus import configured_gpus
+
+        self.cfg = cfg
+        self.state_dir = state_dir
+        self.catalog = Catalog.from_config(cfg)
+        self.store = CourseStore.for_state_dir(state_dir)
+        try:
+            ngpu = len(configured_gpus(cfg["gpus"]["devices"]))
+        except Exception:
+            ngpu = 0
+        self.capacity = machine_capacity(cfg, state_dir, ngpu)
+        self.api = api
+        self.auth = auth
+
+    def courses(self) -> dict[str, Course]:
+        return {c.name: c for c in self.store.effective_courses(courses_from_config(self.cfg))}
+
+
+class Base(web.RequestHandler):
+    @property
+    def st(self) -> State:
+        return self.settings["state"]
+
+    def write_error(self, status_code, **kw):
+        reason = self._reason
+        exc = kw.get("exc_info", (None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            reason = exc.log_message
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": reason}))
+
+    async def prepare(self):
+        token = self.st.auth.get_token(self, in_cookie=False)
+        model = await self.st.auth.user_for_token(token, sync=False) if token else None
+        if not model:
+            raise web.HTTPError(403, "a hub token is required (Authorization: token ...)")
+        self.who = model
+        scopes = set(model.get("scopes", ()))
+        self.is_admin = bool(model.get("admin")) or {"admin:users", "admin:groups"} <= scopes
+        self.name = model.get("name", "")
+        self.groups = set(model.get("groups", ()))
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        return data
+
+    def course(self, name: str) -> Course:
+        c = self.st.courses().get(name)
+        if c is None:
+            raise web.HTTPError(404, f"no course {name!r}")
+        return c
+
+    def may_manage(self, c: Course) -> bool:
+        return self.is_admin or (self.who.get("kind", "user") == "user" and c.is_instructor(self.name))
+
+    def require_manage(self, c: Course) -> None:
+        if not self.may_manage(c):
+            raise web.HTTPError(403, f"only admins and the instructors of {c.name} may do this")
+
+    def json(self, data, status: int = 200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+def validate_course(cfg, data: dict, others: list[str]) -> dict:
+    try:
+        jsonschema.Draft202012Validator(COURSE).validate(data)
+    except jsonschema.ValidationError as e:
+        where = ".".join(map(str, e.absolute_path)) or "(body)"
+        raise web.HTTPError(400, f"{where}: {e.message}") from None
+    filled = config_mod._fill_defaults(COURSE, copy.deepcopy(data))
+    probe = {"profiles": cfg["profiles"], "storage": cfg["storage"], "courses": [filled], "capacity": {}}
+    problems = [p.replace("courses[0].", "") for p in course_problems(probe)]
+    if filled["name"] in others:
+        problems.append(f"name: {filled['name']!r} is used by another course")
+    if problems:
+        raise web.HTTPError(400, "; ".join(problems))
+    return filled
+
+
+async def sync_members(st: State, group: str, add: list[str], remove: list[str] = ()) -> None:
+    """Make the hub group exist and hold ``add`` (creating the users), without ``remove``."""
+    code, _ = await st.api("GET", f"/groups/{quote(group)}", ok=(200,))
+    if code == 404:
+        await st.api("POST", f"/groups/{quote(group)}", ok=(201, 409))
+    if add:
+        await st.api("POST", "/users", {"usernames": list(add)}, ok=(201, 409))
+        code, _ = await st.api("POST", f"/groups/{quote(group)}/users", {"users": list(add)}, ok=(200,))
+        if code != 200:
+            raise web.HTTPError(502, f"could not add participants to {group} (hub answered {code})")
+    if remove:
+        await st.api("DELETE", f"/groups/{quote(group)}/users", {"users": list(remove)}, ok=(200,))
+
+
+class CoursesHandler(Base):
+    async def get(self):
+        out = []
+        for c in self.st.courses().values():
+            if self.may_manage(c):
+                out.append(c.to_dict())
+            elif c.is_participant(self.groups):
+                d = c.to_dict()
+                d.pop("participants")
+                out.append(d)
+        self.json(out)
+
+    async def post(self):
+        if not self.is_admin:
+            raise web.HTTPError(403, "only admins create courses")
+        data = validate_course(self.st.cfg, self.body(), list(self.st.courses()))
+        self.st.store.put_course(data["name"], data)
+        await sync_members(self.st, data["group"], data.get("participants", []))
+        self.json(self.st.courses()[data["name"]].to_dict(), 201)
+
+
+class CourseHandler(Base):
+    async def get(self, name):
+        c = self.course(name)
+        if self.may_manage(c):
+            return self.json(c.to_dict())
+        if c.is_participant(self.groups):
+            d = c.to_dict()
+            d.pop("participants")
+            return self.json(d)
+        raise web.HTTPError(404, f"no course {name!r}")  # not yours: indistinguishable from absent
+
+    async def patch(self, name):
+        c = self.course(name)
+        self.require_manage(c)
+        changes = self.body()
+        if not self.is_admin:
+            bad = sorted(set(changes) - INSTRUCTOR_FIELDS)
+            if bad:
+                raise web.HTTPError(403, f"instructors cannot change {', '.join(bad)} (ask an admin)")
+        current = c.to_dict(secrets=True)
+        current.pop("source", None)
+        merged = {**current, **changes, "name": c.name}
+        merged = {k: v for k, v in merged.items() if v is not None or k in ("password", "window")}
+        others = [n for n in self.st.courses() if n != c.name]
+        data = validate_course(self.st.cfg, merged, others)
+        self.st.store.put_course(c.name, data)
+        if "participants" in changes:
+            before, after = set(c.participants), set(data["participants"])
+            await sync_members(self.st, data["group"], sorted(after - before), sorted(before - after))
+        self.json(self.st.courses()[c.name].to_dict())
+
+
+class JoinHandler(Base):
+    async def post(self, name):
+        c = self.course(name)
+        if self.who.get("kind", "user") != "user":
+            raise web.HTTPError(400, "only users join courses")
+        given = str(self.body().get("password", ""))
+        if not c.password or not hmac.compare_digest(given.encode(), c.password.encode()):
+            raise web.HTTPError(403, f"wrong password for {name}" if c.password else f"{name} has no password; "
+                                "ask an instructor to add you")
+        await sync_members(self.st, c.group, [self.name])
+        self.json({"course": c.name, "group": c.group, "joined": self.name})
+
+
+class SyncHandler(Base):
+    async def post(self, name):
+        c = self.course(name)
+        self.require_manage(c)
+        try:
+            src = await asyncio.to_thread(content_source, c, self.st.state_dir, True)
+        except CourseError as e:
+            raise web.HTTPError(502, str(e)) from None
+        if src is None:
+            return self.json({"course": name, "merged": {}, "message": "the course has no content"})
+        code, group = await self.st.api("GET", f"/groups/{quote(c.group)}", ok=(200,))
+        members = sorted(set((group or {}).get("users", ())) | set(c.instructors))
+        prefix = self.st.cfg["users"]["system_user_prefix"]
+        from .accounts import system_username
+
+        merged = {}
+        for u in members:
+            try:
+                pw = pwd.getpwnam(system_username(u, prefix))
+            except KeyError:
+                continue  # never spawned: gets the content at first spawn
+            dest = os.path.join(pw.pw_dir, c.name)
+            try:
+                r = await asyncio.to_thread(merge_as_user, str(src), dest, pw.pw_uid, pw.pw_gid)
+                merged[u] = r.summary()
+            except (CourseError, OSError) as e:
+                merged[u] = f"failed: {e}"
+        self.json({"course": name, "merged": merged})
+
+
+class ReservationsHandler(Base):
+    async def get(self):
+        courses = self.st.courses()
+        out = [r.to_dict() for r in self.st.store.reservations()
+               if self.is_admin or (r.course in courses and self.may_manage(courses[r.course]))]
+        self.json(out)
+
+    async def post(self):
+        data = self.body()
+        courses = self.st.courses()
+        c = courses.get(str(data.get("course", "")))
+        if c is None:
+            raise web.HTTPError(404, f"unknown course {data.get('course')!r}")
+        self.require_manage(c)
+        profile = data.get("profile") or (c.profiles[0] if c.profiles else "")
+        try:
+            new = Reservation.from_dict({**data, "profile": profile, "group": data.get("group") or c.group,
+                                         "created_by": self.name})
+        except (KeyError, ValueError, TypeError) as e:
+            raise web.HTTPError(400, f"a reservation needs course, profile, seats, start and end: {e}") from None
+        groups = {c.group for c in courses.values()} | set(self.st.cfg["users"]["groups"])
+        decision, saved = self.st.store.reserve(
+            new, lambda n, existing: admit(n, existing, self.st.capacity, self.st.catalog, courses, groups))
+        if not decision.accepted:
+            self.set_status(decision.status)
+            return self.json({"status": decision.status, "message": decision.reason,
+                              "short": list(decision.short)}, decision.status)
+        self.json(saved.to_dict(), 201)
+
+
+class ReservationHandler(Base):
+    async def delete(self, rid):
+        r = next((r for r in self.st.store.reservations() if r.id == rid), None)
+        if r is None:
+            raise web.HTTPError(404, f"no reservation {rid!r}")
+        c = self.st.courses().get(r.course)
+        if not (self.is_admin or (c is not None and self.may_manage(c))):
+            raise web.HTTPError(403, f"only admins and the instructors of {r.course} may do this")
+        self.st.store.delete_reservation(rid)
+        self.set_status(204)
+        self.finish()
+
+
+class CapacityHandler(Base):
+    async def get(self):
+        cap = self.st.capacity
+        self.json({"cpu": cap.cpu, "memory": cap.memory, "gpus": cap.gpus, "scratch": cap.scratch})
+
+
+class PageHandler(Base):
+    async def get(self):
+        rows = "".join(
+            f"<tr><td>{web.escape.xhtml_escape(r.course)}</td><td>{r.profile}</td><td>{r.seats}</td>"
+            f"<td>{r.start:%Y-%m-%d %H:%M}</td><td>{r.end:%H:%M}</td><td>{r.id}</td></tr>"
+            for r in self.st.store.reservations())
+        if not self.is_admin and not any(self.may_manage(c) for c in self.st.courses().values()):
+            raise web.HTTPError(403, "for admins and instructors")
+        self.finish(f"<!doctype html><title>Esker reservations</title><h1>Reservations</h1><table border=1>"
+                    f"<tr><th>course</th><th>profile</th><th>seats</th><th>from</th><th>to</th><th>id</th></tr>"
+                    f"{rows}</table>")
+
+
+async def cull_once(st: State, now: datetime | None = None) -> list[str]:
+    """Stop participants' servers idle longer than their course's idle_timeout; drop ended reservations."""
+    now = now or datetime.now(timezone.utc)
+    st.store.expire(now)
+    stopped = []
+    for c in st.courses().values():
+        code, group = await st.api("GET", f"/groups/{quote(c.group)}", ok=(200,))
+        for u in (group or {}).get("users", ()):
+            code, user = await st.api("GET", f"/users/{quote(u)}", ok=(200,))
+            server = ((user or {}).get("servers") or {}).get("")
+            if not server or not server.get("ready") or not server.get("last_activity"):
+                continue
+            idle = (now - datetime.fromisoformat(server["last_activity"].replace("Z", "+00:00"))).total_seconds()
+            if idle > c.idle_timeout:
+                log.info("stopping %s's server: idle %ds, course %s allows %ds", u, idle, c.name, c.idle_timeout)
+                await st.api("DELETE", f"/users/{quote(u)}/server", ok=(202, 204))
+                stopped.append(u)
+    return stopped
+
+
+def make_app(st: State, prefix: str) -> web.Application:
+    p = prefix.rstrip("/")
+    return web.Application([
+        (rf"{p}/?", PageHandler),
+        (rf"{p}/api/courses/?", CoursesHandler),
+        (rf"{p}/api/courses/([a-z0-9-]+)/?", CourseHandler),
+        (rf"{p}/api/courses/([a-z0-9-]+)/join", JoinHandler),
+        (rf"{p}/api/courses/([a-z0-9-]+)/sync", SyncHandler),
+        (rf"{p}/api/reservations/?", ReservationsHandler),
+        (rf"{p}/api/reservations/([a-z0-9]+)", ReservationHandler),
+        (rf"{p}/api/capacity", CapacityHandler),
+    ], state=st)
+
+
+def main() -> None:
+    from jupyterhub.services.auth import HubAuth
+    from urllib.parse import urlparse
+
+    from .runtime import default_state_dir
+
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s esker-courses] %(message)s")
+    cfg = config_mod.load(os.environ.get("ESKER_CONFIG") or None)
+    state_dir = os.environ.get("ESKER_STATE_DIR") or default_state_dir()
+    token = os.environ["JUPYTERHUB_API_TOKEN"]
+    api_url = os.environ["JUPYTERHUB_API_URL"]
+    auth = HubAuth(api_token=token, api_url=api_url, cache_max_age=30)
+    st = State(cfg, state_dir, Api(api_url, token), auth)
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/esker-courses/")
+    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:0"))
+    app = make_app(st, prefix)
+    app.listen(url.port, address=url.hostname or "127.0.0.1", xheaders=True)
+    every = float(os.environ.get("ESKER_COURSES_CULL_EVERY", "60"))
+
+    async def cull():
+        try:
+            await cull_once(st)
+        except Exception:
+            log.exception("culling failed")
+
+    async def setup():
+        for c in st.courses().values():  # runtime courses' groups (config ones come from load_groups)
+            if c.source == "runtime":
+                try:
+                    await sync_members(st, c.group, list(c.participants))
+                except Exception as e:
+                    log.warning("group %s: %s", c.group, e)
+
+    PeriodicCallback(cull, every * 1000).start()
+    IOLoop.current().add_callback(setup)
+    log.info("esker-courses on %s%s", url.geturl(), prefix)
+    IOLoop.current().start()
+
+
+if __name__ == "__main__":
+    main()
