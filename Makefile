@@ -43,6 +43,8 @@ test-unit: install  ## only the fast pure tests
 bench: install  ## benchmarks, side by side; results in bench/results/
 	$(PY) bench/spawn_latency.py
 	$(PY) bench/storage_throughput.py
+	$(PY) bench/storage_from_server.py
+	$(PY) bench/environments.py
 
 docs: install  ## regenerate docs/configuration.md from the schema and the traitlets help
 	$(PY) -m esker.hub.docs > docs/configuration.md

@@ -184,7 +184,9 @@ async def _run_cells(server_url: str, token: str, cells: list[str], timeout: flo
     ws_url = server_url.replace("http", "ws", 1) + f"api/kernels/{kid}/channels"
     results = []
     try:
-        conn = await websocket_connect(HTTPRequest(ws_url, headers=headers), max_message_size=64 * 1024**2)
+        # A busy machine (a workshop burst) can take more than tornado's default 20 s to open a kernel.
+        request = HTTPRequest(ws_url, headers=headers, connect_timeout=120, request_timeout=120)
+        conn = await websocket_connect(request, max_message_size=64 * 1024**2)
         for code in cells:
             results.append(await _execute(conn, code, timeout))
             if results[-1]["error"]:

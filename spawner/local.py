@@ -195,7 +195,7 @@ class EskerLocalSpawner(LocalProcessSpawner):
             self.account_name = acct.name
             uid, gid = (None, None) if self.developer_mode else (acct.uid, acct.gid)
             for msg in await prepare_course_content(rt, sel.user, acct.home, uid, gid):
-                self._event(67, msg)
+                self._event(62, msg)
             self._course_env = await asyncio.to_thread(course_environment, rt, sel.user, acct.home)
 
             if sel.gpus:
