@@ -31,7 +31,7 @@ from typing import Iterable, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = Path(os.environ.get("ESKER_NOTEBOOKS_DIR") or REPO_ROOT / "notebooks")
-STATE_FILE = ".esker-course-state.json"  # in ~/<course>/, hashes of what was delivered
+STATE_FILE = ".esker-course-state.json"  # in ~/<course>/, hashes of what was delivered (course_merge's)
 SKIP = {".git", ".ipynb_checkpoints", "__pycache__", STATE_FILE}
 SERVICE_NAME = "esker-courses"
 GIT_TIMEOUT = 120
@@ -161,116 +161,37 @@ def course_problems(cfg) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- merge rules
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# One implementation for both modes: esker_client.course_merge (stdlib only) runs here, as the participant in
+# embedded mode, and in the notebook image's init container on Kubernetes. Loaded from this checkout's
+# images/esker-client first (same revision as the hub), else from an installed esker-client.
+CLIENT_MERGE = REPO_ROOT / "images" / "esker-client" / "src" / "esker_client" / "course_merge.py"
 
 
-def upstream_name(rel: str) -> str:
-    """Where the upstream version of a conflicting file lands: lesson.ipynb -> lesson.upstream.ipynb."""
-    p = Path(rel)
-    return str(p.with_name(f"{p.stem}.upstream{p.suffix}"))
+def _load_course_merge():
+    if CLIENT_MERGE.is_file():
+        import importlib.util
 
-
-@dataclass
-class MergeReport:
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # user edits, upstream unchanged
-    conflicts: list[str] = field(default_factory=list)  # both changed: upstream written next to the user's
-    not_restored: list[str] = field(default_factory=list)  # deleted by the user, left deleted
-
-    def summary(self) -> str:
-        parts = [f"{len(v)} {k.replace('_', ' ')}" for k, v in asdict(self).items() if v]
-        return ", ".join(parts) or "up to date"
-
-
-def _source_files(src: Path) -> dict[str, Path]:
-    out = {}
-    for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP and not os.path.islink(os.path.join(root, d)))
-        for f in sorted(files):
-            p = Path(root) / f
-            if f in SKIP or p.is_symlink() or not p.is_file():
-                continue  # symlinks in content are never delivered
-            out[str(p.relative_to(src))] = p
-    return out
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".esker-", suffix=".tmp")
+        spec = importlib.util.spec_from_file_location("esker_client_course_merge", CLIENT_MERGE)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(mod)
+        return mod
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)  # replaces a symlink itself, never writes through it
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        from esker_client import course_merge
+
+        return course_merge
+    except ImportError:
+        return None  # the Kubernetes hub image: merges happen in the notebook pods' init containers
 
 
-def merge_content(src: str | Path, dest: str | Path, state_file: str | Path | None = None) -> MergeReport:
-    """Bring ``src`` into ``dest`` with nbgitpuller's rules, tracking delivered hashes in ``state_file``.
-
-    - new upstream files arrive; files the user did not change follow upstream;
-    - files the user changed are kept; if upstream changed too, upstream lands next to them as
-      ``<stem>.upstream<suffix>`` (a file already there with the same name that we never delivered counts as
-      the user's);
-    - files the user deleted are not brought back; files removed upstream stay with the user.
-
-    Run it as the user who owns ``dest`` (``merge_as_user``): every write is then the user's own.
-    """
-    src, dest = Path(src), Path(dest)
-    state_path = Path(state_file) if state_file else dest / STATE_FILE
-    try:
-        state: dict[str, str] = json.loads(state_path.read_text()).get("files", {})
-    except (OSError, ValueError):
-        state = {}
-    report = MergeReport()
-    dest.mkdir(parents=True, exist_ok=True)
-    new_state: dict[str, str] = {}
-    for rel, path in _source_files(src).items():
-        up = file_hash(path)
-        target = dest / rel
-        if any(p.is_symlink() for p in [target, *target.parents] if dest in p.parents or p == target):
-            report.kept.append(rel)  # a user's symlink on the way: leave it alone
-            new_state[rel] = state.get(rel, up)
-            continue
-        if not target.exists():
-            if rel in state:
-                report.not_restored.append(rel)
-                new_state[rel] = state[rel]
-                continue
-            _atomic_copy(path, target)
-            report.added.append(rel)
-            new_state[rel] = up
-            continue
-        mine = file_hash(target)
-        if mine == up:
-            new_state[rel] = up
-        elif rel in state and mine == state[rel]:
-            _atomic_copy(path, target)  # user did not touch it: follow upstream
-            report.updated.append(rel)
-            new_state[rel] = up
-        elif rel in state and up == state[rel]:
-            report.kept.append(rel)  # user edited, upstream unchanged
-            new_state[rel] = up
-        else:
-            _atomic_copy(path, dest / upstream_name(rel))  # both changed (or a file of the user's own)
-            report.conflicts.append(rel)
-            new_state[rel] = up
-    fd, tmp = tempfile.mkstemp(dir=state_path.parent, prefix=".esker-state-")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"files": new_state, "merged_at": datetime.now(timezone.utc).isoformat()}, f, indent=1)
-    os.replace(tmp, state_path)
-    return report
+_cm = _load_course_merge()
+if _cm is not None:
+    STATE_FILE, SKIP = _cm.STATE_FILE, _cm.SKIP
+    file_hash, upstream_name, merge_content = _cm.file_hash, _cm.upstream_name, _cm.merge_content
+    MergeReport = _cm.MergeReport
+else:  # pragma: no cover - exercised only in the Kubernetes hub image
+    def merge_content(src, dest, state_file=None):
+        raise CourseError("esker_client.course_merge is not available on this hub")
 
 
 def user_python() -> str:
@@ -284,10 +205,12 @@ def merge_as_user(src: str, dest: str, uid: int | None, gid: int | None, timeout
     """merge_content in a child process running as uid/gid (root's only job is to start it)."""
     if uid is None or os.geteuid() != 0:
         return merge_content(src, dest)
-    # This file is stdlib-only at the top, so the child runs it as a script with a Python every account can
+    # course_merge.py is stdlib-only, so the child runs it as a script with a Python every account can
     # execute (the hub's own may live under /root).
+    if _cm is None:
+        raise CourseError("esker_client.course_merge is not available on this hub")
     r = subprocess.run(
-        [user_python(), "-I", os.path.abspath(__file__), "merge", src, dest],
+        [user_python(), "-I", os.path.abspath(_cm.__file__), "merge", src, dest],
         user=uid, group=gid, extra_groups=[], capture_output=True, text=True, timeout=timeout,
         cwd="/", env={"PATH": "/usr/bin:/bin", "HOME": str(Path(dest).parent), "PYTHONDONTWRITEBYTECODE": "1"},
     )
@@ -534,6 +457,8 @@ def course_groups(cfg, courses: Iterable[Course] | None = None) -> dict[str, dic
     return groups
 
 
+SERVICE_ENV_KEEP = ("ESKER_ENVS_DIR", "ESKER_COURSES_CULL_EVERY", "ESKER_COURSES_PREWARM_EVERY",
+                    "ESKER_COURSES_PREWARM_LOOKAHEAD", "ESKER_COURSES_BACKEND", "UV_CACHE_DIR")
 SERVICE_SCOPES = ["list:users", "read:users", "read:users:activity", "read:servers", "delete:servers",
                   "admin:users", "list:groups", "read:groups", "admin:groups", "read:hub"]
 
@@ -550,7 +475,10 @@ def courses_service(cfg, deployment, port: int | None = None) -> tuple[dict, dic
         "name": SERVICE_NAME,
         "url": f"http://127.0.0.1:{port}",
         "command": [deployment.python, "-m", "esker.hub.courses_service"],
-        "environment": {"ESKER_CONFIG": deployment.config_file, "ESKER_STATE_DIR": deployment.state_dir},
+        # The service pre-warms environments into the folder the spawner uses: pass ESKER_ENVS_DIR on, and the
+        # service's own knobs (JupyterHub gives managed services only the variables listed here).
+        "environment": {"ESKER_CONFIG": deployment.config_file, "ESKER_STATE_DIR": deployment.state_dir,
+                        **{k: v for k, v in os.environ.items() if k in SERVICE_ENV_KEEP}},
         "display": True,
         "oauth_no_confirm": True,
     }

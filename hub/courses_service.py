@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import pwd
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import jsonschema
@@ -29,7 +29,8 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from . import config as config_mod
 from .courses import (Course, CourseError, content_source, course_problems, courses_from_config, merge_as_user)
-from .reservations import CourseStore, Reservation, admit, machine_capacity
+from .reservations import (PLACEHOLDER_SELECTOR, CourseStore, Reservation, admit, environments_to_build,
+                           machine_capacity, placeholder_changes, prewarm_plan, prewarm_record)
 from .schema import COURSE
 
 log = logging.getLogger("esker.courses")
@@ -59,8 +60,34 @@ class Api:
         return r.code, (json.loads(r.body) if r.body else None)
 
 
+def default_builder(state_dir: str):
+    """The hub's own EnvironmentBuilder (hub/runtime.py): same folder (ESKER_ENVS_DIR or <state>/envs), same
+    images/, same interpreter, so what is built here is what the spawner finds ready."""
+    from esker.spawner.envs import EnvironmentBuilder
+
+    return EnvironmentBuilder(os.environ.get("ESKER_ENVS_DIR") or os.path.join(state_dir, "envs"),
+                              config_mod.IMAGES_DIR)
+
+
+def spark_master_check(cfg):
+    """A callable answering "up (N workers)" or "down: why" for the embedded Spark master (hub/spark.py)."""
+    def check() -> str:
+        from .spark import master_status
+
+        try:
+            st = master_status(cfg["spark"]["webui_port"])
+        except Exception as e:  # noqa: BLE001 - any failure means "not up"; the record says which
+            return f"down: {e}"
+        alive = [w for w in st.get("workers", ()) if w.get("state") == "ALIVE"]
+        if st.get("status") not in (None, "ALIVE"):
+            return f"down: master {st.get('status')}"
+        return f"up ({len(alive)} worker{'s' if len(alive) != 1 else ''})"
+    return check
+
+
 class State:
-    def __init__(self, cfg, state_dir: str, api: Api, auth):
+    def __init__(self, cfg, state_dir: str, api: Api, auth, builder=None, spark_check=None, kube=None,
+                 backend: str | None = None, lookahead: timedelta | None = None):
         from esker.spawner.catalog import Catalog
         from esker.spawner.gpus import configured_gpus
 
@@ -75,6 +102,15 @@ class State:
         self.capacity = machine_capacity(cfg, state_dir, ngpu)
         self.api = api
         self.auth = auth
+        # Pre-warming. embedded: build environments, check Spark; kubernetes: placeholder pods (kube: a
+        # kubernetes_asyncio CoreV1Api, made on first use in the hub pod).
+        self.backend = backend or os.environ.get("ESKER_COURSES_BACKEND", "embedded")
+        self.lookahead = lookahead if lookahead is not None else timedelta(
+            seconds=float(os.environ.get("ESKER_COURSES_PREWARM_LOOKAHEAD", "1800")))
+        self.builder = builder
+        self.spark_check = spark_check if spark_check is not None else spark_master_check(cfg)
+        self.kube = kube
+        self.placeholders_made: set[str] = set()
 
     def courses(self) -> dict[str, Course]:
         return {c.name: c for c in self.store.effective_courses(courses_from_config(self.cfg))}
@@ -261,7 +297,10 @@ class SyncHandler(Base):
 class ReservationsHandler(Base):
     async def get(self):
         courses = self.st.courses()
-        out = [r.to_dict() for r in self.st.store.reservations()
+        warm = self.st.store.prewarm_records()
+        out = [{**r.to_dict(), "prewarmed_at": (warm.get(r.id) or {}).get("prewarmed_at"),
+                "prewarm": warm.get(r.id)}
+               for r in self.st.store.reservations()
                if self.is_admin or (r.course in courses and self.may_manage(courses[r.course]))]
         self.json(out)
 
@@ -340,6 +379,110 @@ async def cull_once(st: State, now: datetime | None = None) -> list[str]:
     return stopped
 
 
+async def apply_placeholders(core, namespace: str, wanted, made: set[str]) -> dict:
+    """Create and delete seat placeholder pods (``prewarm_plan``'s) through the Kubernetes API: ``core`` is a
+    kubernetes_asyncio ``CoreV1Api`` (the hub's ServiceAccount may manage pods in its namespace: z2jh's hub
+    Role). Only pods labelled as placeholders are ever listed or deleted."""
+    from kubernetes_asyncio.client.rest import ApiException
+
+    found = await core.list_namespaced_pod(namespace, label_selector=PLACEHOLDER_SELECTOR)
+    existing = [p.metadata.name for p in found.items]
+    create, delete = placeholder_changes(wanted, existing, made)
+    created, deleted = [], []
+    for pod in create:
+        name = pod["metadata"]["name"]
+        try:
+            await core.create_namespaced_pod(namespace, pod)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        made.add(name)
+        created.append(name)
+    for name in delete:
+        try:
+            await core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        made.discard(name)
+        deleted.append(name)
+    if created or deleted:
+        log.info("seat placeholders in %s: created %s, deleted %s", namespace, created or "none", deleted or "none")
+    return {"created": created, "deleted": deleted}
+
+
+def _kube_core():
+    from kubernetes_asyncio import client, config as kconfig
+
+    try:
+        kconfig.load_incluster_config()
+    except kconfig.ConfigException:
+        raise RuntimeError("ESKER_COURSES_BACKEND=kubernetes but not running in a pod") from None
+    return client.CoreV1Api()
+
+
+async def prewarm_once(st: State, now: datetime | None = None) -> dict:
+    """One pre-warming pass over the reservations starting within ``st.lookahead`` (or running).
+
+    embedded: build each reserved profile's environment now (as ``esker prepare`` would, into the folder the
+    spawner uses), and check the Spark master when a reserved profile uses Spark. kubernetes: keep one
+    placeholder pod per seat (the images are already on the nodes: the chart's pre-puller lists every profile's
+    image). What was found is recorded per reservation (``GET api/reservations``: ``prewarmed_at``, ``prewarm``)
+    and logged."""
+    now = now or datetime.now(timezone.utc)
+    k8s = st.cfg["kubernetes"]
+    plan = prewarm_plan(now, st.store.reservations(), st.lookahead, st.catalog, namespace=k8s["namespace"],
+                        gpu_resource=st.cfg["gpus"]["resource_name"])
+    out: dict = {"environments": {}, "spark": None, "placeholders": None}
+    if st.backend == "kubernetes":
+        if st.kube is None:
+            st.kube = _kube_core()
+        out["placeholders"] = await apply_placeholders(st.kube, k8s["namespace"], plan.placeholders,
+                                                       st.placeholders_made)
+        status = {e: "ready" for e in plan.environments}  # in the images, pulled by the pre-puller
+    else:
+        if st.builder is None:
+            st.builder = default_builder(st.state_dir)
+        status = {}
+        ready = []
+        for name in plan.environments:
+            try:
+                if st.builder.get(name).ready():
+                    ready.append(name)
+            except FileNotFoundError as e:
+                status[name] = f"failed: {e}"
+        for name in environments_to_build(plan, ready + list(status)):
+            log.info("pre-warming: building the %s environment for %s", name,
+                     ", ".join(d.reservation.course for d in plan.due if d.environment == name))
+            try:
+                async for line in st.builder.ensure(name):
+                    log.info("pre-warming %s: %s", name, line)
+                status[name] = "ready"
+            except Exception as e:  # noqa: BLE001 - recorded and logged; the next pass tries again
+                status[name] = f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                log.error("pre-warming %s failed: %s", name, e)
+        for name in ready:
+            status[name] = "ready"
+        if plan.spark and st.cfg["spark"]["enabled"]:
+            out["spark"] = await asyncio.to_thread(st.spark_check)
+            if not out["spark"].startswith("up"):
+                log.warning("pre-warming: the Spark master is not up (%s); reserved Spark seats will wait",
+                            out["spark"])
+    out["environments"] = status
+    before = st.store.prewarm_records()
+    for d in plan.due:
+        rid = d.reservation.id or d.reservation.course
+        rec = prewarm_record(d, status, out["spark"] if st.backend != "kubernetes" else None, now, before.get(rid))
+        if st.backend == "kubernetes":
+            rec["placeholders"] = d.reservation.seats
+        if rec["prewarmed_at"] and not (before.get(rid) or {}).get("prewarmed_at"):
+            log.info("pre-warmed reservation %s (%s, %d seats of %s from %s): %s", rid, d.reservation.course,
+                     d.reservation.seats, d.reservation.profile, d.reservation.start.isoformat(), rec["status"])
+        st.store.put_prewarm(rid, rec)
+    out["due"] = [d.reservation.id for d in plan.due]
+    return out
+
+
 def make_app(st: State, prefix: str) -> web.Application:
     p = prefix.rstrip("/")
     return web.Application([
@@ -379,6 +522,17 @@ def main() -> None:
         except Exception:
             log.exception("culling failed")
 
+    warming = asyncio.Lock()
+
+    async def prewarm():
+        if warming.locked():
+            return  # the start-up pass is still building
+        async with warming:
+            try:
+                await prewarm_once(st)
+            except Exception:
+                log.exception("pre-warming failed")
+
     async def setup():
         for c in st.courses().values():  # runtime courses' groups (config ones come from load_groups)
             if c.source == "runtime":
@@ -388,7 +542,12 @@ def main() -> None:
                     log.warning("group %s: %s", c.group, e)
 
     PeriodicCallback(cull, every * 1000).start()
+    # A separate loop: building an environment takes minutes and must not hold up culling. Tornado awaits a
+    # coroutine callback before scheduling the next run, so passes never overlap.
+    warm_every = float(os.environ.get("ESKER_COURSES_PREWARM_EVERY", "60"))
+    PeriodicCallback(prewarm, warm_every * 1000).start()
     IOLoop.current().add_callback(setup)
+    IOLoop.current().add_callback(prewarm)
     log.info("esker-courses on %s%s", url.geturl(), prefix)
     IOLoop.current().start()
 

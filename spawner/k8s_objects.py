@@ -336,6 +336,69 @@ def executor_selector(names: Names) -> str:
     return f"spark-role=executor,{SERVER_LABEL}={names.pod}"
 
 
+# -- courses -------------------------------------------------------------------------------------------
+
+# Course datasets on Kubernetes: one PersistentVolumeClaim (ReadWriteMany or ReadOnlyMany: CephFS, NFS) with a
+# folder per dataset; each of the user's datasets is mounted (subPath) under DATASETS_ROOT, read-only for
+# participants and read-write for instructors, and linked as ~/<course>/data/<dataset> as in embedded mode.
+DATASETS_ROOT = "/srv/esker-datasets"
+DATASETS_VOLUME = "esker-datasets"
+COURSE_MERGE = ["python", "-m", "esker_client.course_merge", "merge"]
+
+
+def _template_escape(value: str) -> str:
+    # KubeSpawner formats init containers as templates ({username}); Kubernetes expands $(VAR) in commands.
+    return _k8s_escape(value).replace("{", "{{").replace("}", "}}")
+
+
+def course_init_container(course, image: str, home: str, home_mounts: list, uid: int, gid: int,
+                          datasets: bool = True) -> dict | None:
+    """An init container that brings ``course`` into ``<home>/<course>/`` before the notebook starts, with the
+    embedded mode's rules (``esker_client.course_merge``, installed in every image), as the notebook user, on
+    the home volume (``home_mounts``: the pod's mounts of it, as KubeSpawner templates). Content comes from
+    ``content.git`` (shallow clone in the init container; an unreachable remote leaves the files as they
+    are and the server starts). ``content.path`` is a folder on the hub machine, which pods cannot see: it is
+    not delivered on Kubernetes. ``datasets``: link each dataset as ``data/<name>``. None when there is nothing
+    to do."""
+    dest = f"{home.rstrip('/')}/{course.name}"
+    content = course.content or {}
+    links = [f"data/{d}={DATASETS_ROOT}/{d}" for d in course.datasets] if datasets else []
+    if content.get("git"):
+        args = [content.get("subdir") or ".", dest, "--git", content["git"], "--ref", content.get("ref") or "HEAD"]
+    elif links:
+        args = ["", dest]
+    else:
+        return None
+    for link in links:
+        args += ["--link", link]
+    return {
+        "name": _fit(f"course-{course.name}", 63),
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [*COURSE_MERGE, *(_template_escape(a) for a in args), "--keep-going"],
+        "env": [{"name": "HOME", "value": _template_escape(home)}],
+        "workingDir": "/tmp",
+        "securityContext": {"runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": True,
+                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        "volumeMounts": [dict(m) for m in home_mounts],
+    }
+
+
+def course_datasets(courses, claim: str, writable: set[str] | frozenset = frozenset()) -> tuple[dict | None, list]:
+    """The datasets volume (the PVC ``claim``) and one mount per dataset of ``courses`` at
+    ``DATASETS_ROOT/<name>`` (subPath ``<name>``): read-only, but for the datasets in ``writable`` (the courses
+    the user teaches). (None, []) when there are none or no claim is configured."""
+    names = sorted({d for c in courses for d in c.datasets})
+    if not claim or not names:
+        return None, []
+    mounts = [{"name": DATASETS_VOLUME, "mountPath": f"{DATASETS_ROOT}/{d}", "subPath": d,
+               "readOnly": d not in writable} for d in names]
+    volume = {"name": DATASETS_VOLUME,
+              "persistentVolumeClaim": {"claimName": claim, "readOnly": not any(d in writable for d in names)}}
+    return volume, mounts
+
+
 # -- the chart -----------------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ prepull_images = ko.prepull_images
 _APPLIED = (
     "image", "cpu_limit", "cpu_guarantee", "mem_limit", "mem_guarantee", "environment",
     "extra_resource_limits", "node_selector", "tolerations", "volumes", "volume_mounts", "extra_labels",
-    "service_account", "automount_service_account_token",
+    "service_account", "automount_service_account_token", "init_containers",
 )
 
 _API = {  # kind -> (client class, create method, delete method)
@@ -90,6 +90,37 @@ class EskerKubeSpawner(KubeSpawner):
         config=True,
         help="Esker configuration file (esker.yaml). Default: $ESKER_CONFIG, else the shipped esker.yaml.",
     )
+
+    # Courses on Kubernetes (docs/kubernetes.md). Not config=True yet (docs/configuration.md would need
+    # regenerating): set through the hub's environment (z2jh hub.extraEnv), or as constructor keywords.
+    course_home = Unicode(
+        help="Where the home volume is mounted (z2jh singleuser.storage.homeMountPath): course content goes "
+        "to <course_home>/<course>/. The course init container mounts the pod's volume mounts at this path. "
+        "$ESKER_COURSE_HOME, default /home/jovyan.",
+    )
+
+    course_datasets_claim = Unicode(
+        help="PersistentVolumeClaim (ReadWriteMany/ReadOnlyMany) with one folder per course dataset, mounted "
+        "read-only for participants and read-write for instructors. Empty: course datasets are not mounted. "
+        "$ESKER_COURSE_DATASETS_CLAIM, default esker-datasets.",
+    )
+
+    course_state_dir = Unicode(
+        help="Esker state directory whose courses.sqlite holds courses created or changed at run time (the "
+        "esker-courses service's). Empty: only esker.yaml's courses. $ESKER_STATE_DIR.",
+    )
+
+    @default("course_home")
+    def _default_course_home(self):
+        return os.environ.get("ESKER_COURSE_HOME", "/home/jovyan")
+
+    @default("course_datasets_claim")
+    def _default_course_datasets_claim(self):
+        return os.environ.get("ESKER_COURSE_DATASETS_CLAIM", "esker-datasets")
+
+    @default("course_state_dir")
+    def _default_course_state_dir(self):
+        return os.environ.get("ESKER_STATE_DIR", "")
 
     @default("profile_list")
     def _default_profile_list(self):
@@ -149,6 +180,44 @@ class EskerKubeSpawner(KubeSpawner):
         placement = ko.kubernetes_placement(sel, cfg, self.esker_grants(sel))
         return build_plan(sel, placement, ko.kubernetes_site(cfg, names, sel.image))
 
+    def esker_courses(self) -> list:
+        """The courses this user takes or teaches: esker.yaml's, with the service's runtime changes."""
+        from esker.hub.courses import courses_for, courses_from_config
+        from esker.hub.reservations import CourseStore
+
+        courses = courses_from_config(self.esker_config)
+        if self.course_state_dir and os.path.exists(os.path.join(self.course_state_dir, "courses.sqlite")):
+            courses = CourseStore.for_state_dir(self.course_state_dir).effective_courses(courses)
+        return courses_for(self.esker_user, courses)
+
+    def esker_course_pod(self, plan: LaunchPlan, base: Mapping[str, Any]) -> dict:
+        """Init containers, volumes and mounts for the user's courses (content merge, datasets)."""
+        courses = self.esker_courses()
+        out = {"init_containers": [], "volumes": [], "volume_mounts": []}
+        if not courses:
+            return out
+        user = self.esker_user
+        writable = {d for c in courses if c.is_instructor(user.name) or user.admin for d in c.datasets}
+        volume, mounts = ko.course_datasets(courses, self.course_datasets_claim, writable)
+        if volume:
+            out["volumes"], out["volume_mounts"] = [volume], mounts
+        mounts_of = base["volume_mounts"].values() if isinstance(base["volume_mounts"], dict) else base["volume_mounts"]
+        home = [m for m in mounts_of if str(m.get("mountPath", "")).rstrip("/") == self.course_home.rstrip("/")]
+        uid = self.uid if isinstance(self.uid, int) else 1000
+        gid = self.gid if isinstance(self.gid, int) else 100
+        for c in courses:
+            if (c.content or {}).get("path"):
+                self.log.warning("Course %s: content.path is a folder on the hub and is not delivered on "
+                                 "Kubernetes; use content.git", c.name)
+            if not home:
+                self.log.warning("Course %s: no volume is mounted at %s (course_home); content not delivered",
+                                 c.name, self.course_home)
+                continue
+            init = ko.course_init_container(c, plan.image, self.course_home, home, uid, gid, bool(volume))
+            if init:
+                out["init_containers"].append(init)
+        return out
+
     async def load_user_options(self):
         """Validate ``user_options`` and apply the launch plan (replaces KubeSpawner's profile handling)."""
         plan = self.esker_plan(self.esker_select(self.user_options))
@@ -166,8 +235,12 @@ class EskerKubeSpawner(KubeSpawner):
         self.extra_resource_limits = {**base["extra_resource_limits"], **extra}
         self.node_selector = {**base["node_selector"], **gpu["node_selector"]}
         self.tolerations = _with(base["tolerations"], gpu["tolerations"], "esker-gpu")
-        self.volumes = _with(base["volumes"], [volume], ko.SCRATCH_VOLUME)
-        self.volume_mounts = _with(base["volume_mounts"], [mount], ko.SCRATCH_VOLUME)
+        course = self.esker_course_pod(plan, base)
+        self.volumes = _with(_with(base["volumes"], [volume], ko.SCRATCH_VOLUME), course["volumes"],
+                             ko.DATASETS_VOLUME)
+        self.volume_mounts = _with(_with(base["volume_mounts"], [mount], ko.SCRATCH_VOLUME),
+                                   course["volume_mounts"], ko.DATASETS_VOLUME)
+        self.init_containers = _with(base["init_containers"], course["init_containers"], "esker-course")
         self.extra_labels = {**base["extra_labels"], **ko.server_labels(names)}
         if any(o["kind"] == "ServiceAccount" for o in ko.spark_objects(plan, cfg, names)):
             self.service_account = names.service_account

@@ -161,6 +161,16 @@ def test_course_lifecycle(course_hub):
     assert [x["id"] for x in svc(h, "GET", "/reservations").json()] == [rid]
     assert svc(h, "GET", "/courses/workshop").json()["group"] == "workshop"
 
+    # ---- pre-warming: the service's start-up pass finds the reserved profile's environment ready and says so
+    deadline = time.monotonic() + 120
+    while True:
+        got = svc(h, "GET", "/reservations").json()[0]
+        if got["prewarmed_at"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert got["prewarmed_at"] and got["prewarm"]["environment"] == "minimal", got
+    assert got["prewarm"]["status"] == "ready" and got["prewarm"]["spark"] is None, got
+
     # ---- participants get the notebooks and the read-only dataset
     for u in ("ws01", "ws02"):
         model = hub.spawn(u, {"profile": "minimal"})

@@ -89,10 +89,35 @@ def test_every_rendered_object_is_valid(values):
     kinds = sorted(d["kind"] for d in docs)
     if values is OFFLINE:
         assert kinds == ["ConfigMap", "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy",
-                         "NetworkPolicy", "Service"]
+                         "NetworkPolicy", "PriorityClass", "Service"]
     else:
-        assert kinds == ["ConfigMap", "ConfigMap", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Role",
-                         "RoleBinding", "ServiceMonitor"]
+        assert kinds == ["ConfigMap", "ConfigMap", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
+                         "PriorityClass", "Role", "RoleBinding", "ServiceMonitor"]
+
+
+def test_seat_placeholder_priority_class_is_below_user_pods_and_named_as_the_service_expects():
+    from esker.hub.reservations import PRIORITY_CLASS, placeholder_pod
+
+    (pc,) = by(render(), "PriorityClass")
+    assert pc["metadata"]["name"] == PRIORITY_CLASS == "esker-user-placeholder"
+    assert pc["value"] == -10 and pc["value"] < 0 and pc["globalDefault"] is False
+    assert pc["preemptionPolicy"] == "Never"  # placeholders never push anyone out
+    assert "namespace" not in pc["metadata"]  # cluster-scoped
+    # The pods the courses service creates name exactly this class.
+    from datetime import datetime, timezone
+
+    from esker.hub.reservations import Reservation
+
+    cfg = validate(VALUES["esker"]["config"]).data
+    prof = Catalog.from_config(cfg).get("scikit-learn")
+    t = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    pod = placeholder_pod(Reservation("c", "scikit-learn", 1, t, t), prof, 0)
+    assert pod["spec"]["priorityClassName"] == pc["metadata"]["name"]
+    # Behind a values flag; the value must stay negative.
+    off = merge(OFFLINE, {"esker": {"seatPlaceholders": {"priorityClass": {"enabled": False, "value": -10}}}})
+    assert not by(render(off), "PriorityClass")
+    with pytest.raises(helm.HelmValuesError):
+        render(merge(OFFLINE, {"esker": {"seatPlaceholders": {"priorityClass": {"enabled": True, "value": 5}}}}))
 
 
 def test_service_monitor_and_dashboards():
