@@ -473,6 +473,8 @@ class StorageService:
                 raise StorageError("storage.endpoint is set: give the admin user's keys in storage.admin_access_key"
                                    " and admin_secret_key (or $ESKER_S3_ADMIN_ACCESS_KEY/_SECRET_KEY)")
             return cls(s["endpoint"], (access, secret), state_dir, **kw)
+        if mode == "kubernetes":
+            raise StorageError("storage.endpoint is required on Kubernetes (the RGW of Rook or an external Ceph)")
         from .ceph import cluster_from_config
 
         cluster = cluster_from_config(s, state_dir)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 READY = ".esker-ready"
+RECIPE = b"2"  # bump when the way environments are built changes, so existing ones are rebuilt
 
 
 def uv_bin() -> str:
@@ -90,7 +91,7 @@ class EnvironmentBuilder:
         return key
 
     def _hash(self, files: list[Path]) -> str:
-        h = hashlib.sha256(self.python.encode())
+        h = hashlib.sha256(self.python.encode() + RECIPE)
         for p in files:
             h.update(str(p.relative_to(self.images_dir)).encode())
             h.update(p.read_bytes())
@@ -127,7 +128,8 @@ class EnvironmentBuilder:
                 (f"Creating the {env.name} environment", [uv, "venv", "--python", self.python, "--seed",
                                                           str(env.path)]),
                 (f"Installing {env.name} packages from {lock.name}",
-                 [uv, "pip", "install", "--python", env.python, "-r", str(lock)]),
+                 # Bytecode now, as root: servers run as users who cannot write __pycache__ here.
+                 [uv, "pip", "install", "--python", env.python, "--compile-bytecode", "-r", str(lock)]),
             ]
             client = self.images_dir / "esker-client"
             if (client / "pyproject.toml").is_file():

@@ -47,6 +47,7 @@ _API = {  # kind -> (client class, create method, delete method)
 }
 
 _config_cache: dict[tuple[str, int], esker_config.EskerConfig] = {}
+_storage_cache: dict[tuple[str, str], Any] = {}
 
 
 def load_config(path: str | None) -> esker_config.EskerConfig:
@@ -91,24 +92,24 @@ class EskerKubeSpawner(KubeSpawner):
         help="Esker configuration file (esker.yaml). Default: $ESKER_CONFIG, else the shipped esker.yaml.",
     )
 
-    # Courses on Kubernetes (docs/kubernetes.md). Not config=True yet (docs/configuration.md would need
-    # regenerating): set through the hub's environment (z2jh hub.extraEnv), or as constructor keywords.
+    # Courses on Kubernetes (docs/kubernetes.md); each also has an environment variable (z2jh hub.extraEnv).
     course_home = Unicode(
         help="Where the home volume is mounted (z2jh singleuser.storage.homeMountPath): course content goes "
         "to <course_home>/<course>/. The course init container mounts the pod's volume mounts at this path. "
         "$ESKER_COURSE_HOME, default /home/jovyan.",
-    )
+    ).tag(config=True)
 
     course_datasets_claim = Unicode(
         help="PersistentVolumeClaim (ReadWriteMany/ReadOnlyMany) with one folder per course dataset, mounted "
         "read-only for participants and read-write for instructors. Empty: course datasets are not mounted. "
         "$ESKER_COURSE_DATASETS_CLAIM, default esker-datasets.",
-    )
+    ).tag(config=True)
 
     course_state_dir = Unicode(
         help="Esker state directory whose courses.sqlite holds courses created or changed at run time (the "
-        "esker-courses service's). Empty: only esker.yaml's courses. $ESKER_STATE_DIR.",
-    )
+        "esker-courses service's) and whose secrets/ hold the encrypted S3 keys. $ESKER_STATE_DIR, "
+        "default /srv/jupyterhub/esker (the hub's persistent volume in z2jh).",
+    ).tag(config=True)
 
     @default("course_home")
     def _default_course_home(self):
@@ -120,7 +121,7 @@ class EskerKubeSpawner(KubeSpawner):
 
     @default("course_state_dir")
     def _default_course_state_dir(self):
-        return os.environ.get("ESKER_STATE_DIR", "")
+        return os.environ.get("ESKER_STATE_DIR", "/srv/jupyterhub/esker")
 
     @default("profile_list")
     def _default_profile_list(self):
@@ -170,9 +171,41 @@ class EskerKubeSpawner(KubeSpawner):
             raise web.HTTPError(e.status, str(e)) from None
 
     def esker_grants(self, sel: Selection) -> Mapping[str, Mapping[str, str]]:
-        """What services prepared for this server (for example ``{"storage": {...}}``); none by default.
-        May be called more than once per start: return the same grants."""
-        return {}
+        """What services prepared for this server (``{"storage": {...}}``), set by esker_prepare_grants.
+        Called more than once per start: returns the same grants."""
+        return getattr(self, "_esker_grants", {})
+
+    @property
+    def esker_storage(self):
+        """The S3 provisioning service (one per hub process), or None when object storage is off."""
+        cfg = self.esker_config
+        if not cfg["storage"]["enabled"]:
+            return None
+        key = (cfg.source, self.course_state_dir)
+        if key not in _storage_cache:
+            from esker.hub.storage import StorageService
+
+            _storage_cache[key] = StorageService.from_config(cfg, self.course_state_dir, mode="kubernetes")
+        return _storage_cache[key]
+
+    async def esker_prepare_grants(self, sel: Selection) -> None:
+        """Per-user S3 identity and bucket, the same service as embedded mode (RGW Admin Ops API)."""
+        self._esker_grants = {}
+        required = sel.profile.storage == "required"
+        try:
+            storage = self.esker_storage if sel.profile.storage != "none" else None
+            if storage is None:
+                if required:
+                    raise RuntimeError("object storage is not configured on this hub")
+                return
+            grant = await storage.prepare(self.user.name, groups=self.esker_user.groups, admin=self.esker_user.admin)
+        except Exception as e:
+            if required:
+                raise web.HTTPError(503, f"Object storage is unavailable, and {sel.profile.display_name} "
+                                    f"needs it: {e}") from None
+            self.log.warning("Starting %s without object storage: %s", self._log_name, e)
+            return
+        self._esker_grants = {"storage": grant}
 
     def esker_plan(self, sel: Selection) -> LaunchPlan:
         cfg = self.esker_config.data
@@ -272,6 +305,7 @@ class EskerKubeSpawner(KubeSpawner):
     async def _start(self):
         # Refuse a forged or stale request before anything exists; KubeSpawner's _start loads again
         # (idempotent: the plan is re-applied to the same base).
+        await self.esker_prepare_grants(self.esker_select(self.user_options))
         await self.load_user_options()
         if self.enable_user_namespaces:
             await self._ensure_namespace()

@@ -1,0 +1,99 @@
+"""S3 on Kubernetes: the same storage service provisions the user, and its grant reaches the pod as the same
+variables the embedded backend injects; a storage outage follows the profile's storage policy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import yaml
+from tornado import web
+
+from esker.hub import cli_preview
+from esker.spawner import kubernetes as kube
+from esker.spawner.plan import build_plan, select
+
+pytestmark = pytest.mark.kubernetes
+GRANT = {"endpoint": "http://rgw.ceph.svc:80", "access_key": "AKUSER", "secret_key": "s3cret", "region": "default",
+         "bucket": "esker-alice", "datasets": '{"weather": "s3://shared-datasets/weather/"}'}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kubeconfig():
+    with cli_preview.offline_kubeconfig():
+        yield
+
+
+class FakeStorage:
+    def __init__(self, fail: bool = False):
+        self.fail, self.calls = fail, []
+
+    async def prepare(self, username, groups=(), admin=False):
+        self.calls.append((username, frozenset(groups), admin))
+        if self.fail:
+            raise ConnectionError("RGW did not answer in 5 s")
+        return dict(GRANT)
+
+
+def config(tmp_path, storage_policy="optional"):
+    data = yaml.safe_load(open(kube.esker_config.DEFAULT_CONFIG))
+    data["storage"]["endpoint"] = "http://rgw.ceph.svc:80"
+    for p in data["profiles"]:
+        p["storage"] = storage_policy
+    path = tmp_path / "esker.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def spawn_env(config_file, storage, profile="minimal"):
+    async def run():
+        sp = cli_preview.make_spawner("alice", ("instructors",), False, config_file, {"profile": profile})
+        kube._storage_cache[(sp.esker_config.source, sp.course_state_dir)] = storage
+        await sp.esker_prepare_grants(sp.esker_select(sp.user_options))
+        pod = (await sp.esker_manifests())[0]
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        return sp, env
+
+    return asyncio.run(run())
+
+
+def test_grant_reaches_the_pod_like_embedded(tmp_path):
+    storage = FakeStorage()
+    sp, env = spawn_env(config(tmp_path), storage)
+    assert storage.calls == [("alice", frozenset({"instructors"}), False)]
+    assert env["AWS_ENDPOINT_URL"] == env["S3_ENDPOINT_URL"] == GRANT["endpoint"]
+    assert env["AWS_ACCESS_KEY_ID"] == "AKUSER" and env["AWS_SECRET_ACCESS_KEY"] == "s3cret"
+    assert env["ESKER_BUCKET"] == "esker-alice" and env["ESKER_DATASETS"] == GRANT["datasets"]
+    plan = sp.esker_launch_plan
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                "S3_ENDPOINT_URL", "ESKER_BUCKET", "ESKER_DATASETS"):
+        assert env[key] == plan.env[key]
+    # the embedded backend builds the same variables from the same grant
+    from esker.spawner.catalog import Catalog
+
+    sel = select(Catalog.from_config(sp.esker_config), sp.esker_user, {"profile": "minimal"})
+    from esker.spawner.plan import Placement, Site
+
+    embedded = build_plan(sel, Placement("/scratch", grants={"storage": GRANT}), Site()).env
+    assert {k: v for k, v in embedded.items() if k.startswith(("AWS_", "S3_", "ESKER_BUCKET", "ESKER_DATASETS"))} == \
+        {k: v for k, v in env.items() if k.startswith(("AWS_", "S3_", "ESKER_BUCKET", "ESKER_DATASETS"))}
+
+
+def test_storage_down_optional_profile_starts_without_s3(tmp_path):
+    _, env = spawn_env(config(tmp_path), FakeStorage(fail=True))
+    assert not any(k.startswith("AWS_") for k in env) and "ESKER_BUCKET" not in env
+
+
+def test_storage_down_required_profile_is_refused(tmp_path):
+    with pytest.raises(web.HTTPError) as e:
+        spawn_env(config(tmp_path, "required"), FakeStorage(fail=True))
+    assert e.value.status_code == 503 and "RGW did not answer" in e.value.log_message
+
+
+def test_kubernetes_needs_an_external_endpoint(tmp_path):
+    from esker.hub import config as cfg_mod
+    from esker.hub.storage import StorageError, StorageService
+
+    data = yaml.safe_load(open(cfg_mod.DEFAULT_CONFIG))
+    with pytest.raises(StorageError, match="storage.endpoint is required on Kubernetes"):
+        StorageService.from_config(cfg_mod.validate(data), str(tmp_path), mode="kubernetes")
