@@ -172,3 +172,27 @@ def apply(c, mapping: Mapping) -> None:
         section = c[cls]
         for name, value in traits.items():
             section[name] = value
+
+
+def apply_kubernetes(c, environ: Mapping | None = None) -> None:
+    """For z2jh's ``hub.extraConfig`` (the chart sets it): add to the Kubernetes hub what the embedded hub gets
+    from to_traitlets and z2jh does not know: the esker-courses service, its role, the course groups and the
+    instructors' roles. Everything else comes from the chart's values."""
+    from . import config as config_mod
+
+    env = os.environ if environ is None else environ
+    config_file = env.get("ESKER_CONFIG") or str(config_mod.DEFAULT_CONFIG)
+    state_dir = env.get("ESKER_STATE_DIR") or "/srv/jupyterhub/esker"  # z2jh's hub volume
+    os.makedirs(state_dir, exist_ok=True)
+    cfg = config_mod.load(config_file)
+    d = Deployment(state_dir=state_dir, config_file=config_file, port=0, hub_port=0, proxy_api_port=0,
+                   proxy_command=[])
+    hub = c.JupyterHub
+    merged: Mapping = {"JupyterHub": {"services": list(hub.get("services", [])),
+                                      "load_roles": list(hub.get("load_roles", [])),
+                                      "load_groups": dict(hub.get("load_groups", {}))}}
+    course_traits(cfg.data, d, merged)
+    for service in merged["JupyterHub"]["services"]:
+        if service.get("name") == "esker-courses":
+            service.setdefault("environment", {})["ESKER_COURSES_BACKEND"] = "kubernetes"
+    apply(c, merged)
