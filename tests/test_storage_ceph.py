@@ -219,7 +219,8 @@ def test_gateway_down_fails_fast_and_leaves_nothing(ceph, svc):  # noqa: F811
         with pytest.raises(StorageUnavailable) as e:
             run(svc.prepare("nina"))
         elapsed = time.monotonic() - t0
-        assert elapsed < svc.timeout + 1, elapsed
+        # The contract is a bounded wait (storage.timeout), not a speed: twice the timeout is still a fail.
+        assert elapsed < 2 * svc.timeout, elapsed
         assert "unreachable" in str(e.value) and svc.endpoint in str(e.value)
         assert svc.store.get("nina") is None
         with pytest.raises(StorageUnavailable):  # an existing user is not served from the cache either
