@@ -46,7 +46,7 @@ def run_notebook(env_path: Path, notebook: str) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPARK_", "ESKER_", "PYSPARK"))}
     env.update(PATH=f"{env_path}/bin:/usr/bin:/bin", SCRATCH_DIR=str(scratch), TMPDIR=str(scratch / "tmp"),
                CUDA_VISIBLE_DEVICES="", HOME=str(work), PYSPARK_PYTHON=f"{env_path}/bin/python",
-               PYSPARK_SUBMIT_ARGS="--master local[2] pyspark-shell")
+               PYSPARK_SUBMIT_ARGS="--master local[2] pyspark-shell", SPARK_MASTER="local[2]")
     src = REPO / "notebooks" / "demo" / f"{notebook}.ipynb"
     t0 = time.perf_counter()
     r = subprocess.run([f"{env_path}/bin/jupyter", "execute", "--output", str(work / "out.ipynb"), str(src)],
