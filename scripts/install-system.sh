@@ -15,6 +15,9 @@ for part in $want; do
             need npm npm
             need useradd passwd
             python3 -c 'import ensurepip' 2>/dev/null || pkgs="$pkgs python3-venv"
+            # Profile environments are built on the system Python: every account can execute it.
+            [ -x /usr/bin/python3 ] || pkgs="$pkgs python3"
+            need git git
             ;;
         browser)
             need chromium chromium
