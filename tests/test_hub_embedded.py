@@ -261,3 +261,50 @@ print('PATH', groups.get('memory', groups.get('')))
         assert "esker/limited" in out["stdout"]
     finally:
         hub.stop("limited")
+
+
+def test_spark_master_is_restarted_when_it_dies(environments):
+    """The Spark daemons are hub-managed services: kill the master and the hub brings it back."""
+    import signal
+    import time
+    from pathlib import Path
+
+    from esker.hub.spark import master_status
+
+    h = RunningHub()
+    try:
+        h.start()
+        port = h.cfg["spark"]["webui_port"]
+
+        def alive():
+            try:
+                return master_status(port)["aliveworkers"] >= 1
+            except Exception:
+                return False
+
+        def master_pids():
+            pids = []
+            for proc in Path("/proc").iterdir():
+                if proc.name.isdigit():
+                    try:
+                        cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    except OSError:
+                        continue
+                    if "deploy.master.Master" in cmd and h.state_dir in cmd:
+                        pids.append(int(proc.name))
+            return pids
+
+        deadline = time.monotonic() + 120
+        while not alive() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert alive(), "the Spark master and worker did not come up"
+        first = master_pids()
+        assert first, "no Spark master process of this hub"
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 150  # JupyterHub polls managed services every 30 s
+        while time.monotonic() < deadline and not (alive() and set(master_pids()) - set(first)):
+            time.sleep(2)
+        assert alive() and set(master_pids()) - set(first), "the Spark master was not restarted"
+    finally:
+        h.teardown()
