@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import sys
 
 from . import config
@@ -72,7 +74,7 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 1
     if args.prepare != "none":
-        prep = argparse_namespace(config=os.environ.get("ESKER_CONFIG"), state_dir=state_dir,
+        prep = argparse.Namespace(config=os.environ.get("ESKER_CONFIG"), state_dir=state_dir,
                                   env=None if args.prepare == "all" else [args.prepare])
         if cmd_prepare(prep):
             return 1
@@ -97,12 +99,6 @@ def cmd_run(args) -> int:
     os.chdir(state_dir)
     os.execv(cmd[0], cmd)
     return 0
-
-
-def argparse_namespace(**kw):
-    import argparse
-
-    return argparse.Namespace(**kw)
 
 
 def register_run(sub) -> None:

@@ -69,12 +69,6 @@ def master_status(webui_port: int, timeout: float = 2.0) -> dict:
         return json.load(r)
 
 
-def _spark_size(size: str) -> str:
-    from esker.hub.config import parse_size
-
-    return f"{parse_size(size) // 1024**2}m"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m esker.hub.spark",
                                 description="Run the embedded Spark master or worker in the foreground.")
@@ -91,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--memory", default="4G")
     w.add_argument("--webui-port", type=int, default=8081)
     args = p.parse_args(argv)
+    from esker.spawner.plan import spark_size
 
     base = Path(args.state_dir) / "spark"
     dirs = {"SPARK_LOG_DIR": base / "logs", "SPARK_WORKER_DIR": base / "work", "SPARK_LOCAL_DIRS": base / "local"}
@@ -118,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [MASTER_CLASS, "--host", "127.0.0.1", "--port", str(args.port), "--webui-port", str(args.webui_port)]
     else:
         cmd = [WORKER_CLASS, "--host", "127.0.0.1", "--cores", str(args.cores), "--memory",
-               _spark_size(args.memory), "--webui-port", str(args.webui_port), args.master]
+               spark_size(args.memory), "--webui-port", str(args.webui_port), args.master]
     if os.geteuid() == 0:
         from esker.hub.accounts import ensure_service_account
 

@@ -189,7 +189,7 @@ class LaunchPlan:
 Contributor = Callable[[Selection, Placement, Site], Mapping[str, str]]
 
 
-def _java_size(n: str | int) -> str:
+def spark_size(n: str | int) -> str:
     """'1G' -> '1024m': Spark's own size syntax, from ours."""
     return f"{parse_size(n) // 1024**2}m"
 
@@ -205,8 +205,8 @@ def spark_conf(sel: Selection, placement: Placement, site: Site) -> dict[str, st
         "spark.local.dir": f"{placement.scratch_dir}/spark",
         "spark.cores.max": str(s.cores_per_user),
         "spark.executor.cores": str(min(s.cores_per_user, 1) or 1),
-        "spark.executor.memory": _java_size(s.executor_memory),
-        "spark.driver.memory": _java_size(s.driver_memory),
+        "spark.executor.memory": spark_size(s.executor_memory),
+        "spark.driver.memory": spark_size(s.driver_memory),
         "spark.app.name": f"esker-{sel.user.name}",
         "spark.pyspark.python": placement.python,
         # The per-session UI would listen on a port of its own; in embedded mode keep it on loopback.
