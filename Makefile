@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 PYTEST_ARGS ?=
+# The proxy npm installs, for `esker run` and the hubs the tests start (esker.app.deployment.proxy_command).
+export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 
 .PHONY: help install run stop test test-unit bench docs check clean images
 
@@ -47,7 +49,7 @@ bench: install  ## benchmarks, side by side; results in bench/results/
 	$(PY) bench/environments.py
 
 docs: install  ## regenerate docs/configuration.md from the schema and the traitlets help
-	$(PY) -m esker.hub.docs > docs/configuration.md
+	$(PY) -m esker.docs > docs/configuration.md
 
 check: install  ## validate $$ESKER_CONFIG (or the shipped esker.yaml)
 	$(VENV)/bin/esker check $${ESKER_CONFIG:-esker.yaml}

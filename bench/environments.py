@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from esker.spawner.envs import EnvironmentBuilder
+    from esker.system.envs import EnvironmentBuilder
 
     root = Path(tempfile.mkdtemp(prefix="env-bench-", dir="/tmp"))
     if args.cold_cache:

@@ -96,7 +96,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from esker.hub.ceph import CephCluster, free_port, free_port_range, s3_client
+    from esker.objectstore.ceph import CephCluster
+    from esker.objectstore.s3client import s3_client
+    from esker.system.ports import free_port, free_port_range
 
     cluster = None
     tmp = None

@@ -1,7 +1,7 @@
 """Esker: a notebook data hub for science teams.
 
-The code lives in two packages: ``esker.hub`` (configuration, services, allocation, CLI) in the
-repository's ``hub/`` folder and ``esker.spawner`` (catalog, launch plan, backends) in ``spawner/``.
+One package in layers (README.md, "Layout"): units, core (catalog -> launch plan), state and clients,
+services and backends, the hub application, entry points.
 """
 
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 # Install the Ceph daemons Esker's embedded object storage runs (Debian/Ubuntu packages).
 # Idempotent: does nothing when everything is installed; runs `apt-get update` only when a package
 # is missing and apt has no candidate for it. Needs root (or sudo). No daemon is started or enabled:
-# esker.hub.ceph starts its own, under $ESKER_STATE_DIR.
+# esker.objectstore.cephd starts its own, under $ESKER_STATE_DIR.
 set -eu
 
 PACKAGES="ceph-mon ceph-osd radosgw ceph-common uuid-runtime"

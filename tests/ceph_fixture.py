@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from esker.hub.ceph import CephCluster, free_port, free_port_range, s3_client
+from esker.objectstore.ceph import CephCluster
+from esker.objectstore.s3client import s3_client
+from esker.system.ports import free_port, free_port_range
 
 
 @dataclass
@@ -51,7 +53,7 @@ class CephHandle:
                          self.region, **kw)
 
     def storage_service(self, state_dir, **kw):
-        from esker.hub.storage import StorageService
+        from esker.objectstore.service import StorageService
 
         return StorageService(self.endpoint, self.admin_credentials, state_dir, region=self.region, **kw)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from esker.hub import docs
-from esker.hub.cli import build_parser
+from esker import docs
+from esker.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def test_every_command_has_help(command):
 
 
 def test_spark_service_module_has_help():
-    r = subprocess.run([sys.executable, "-m", "esker.hub.spark", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "esker.spark.cluster", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "master" in r.stdout
 
 

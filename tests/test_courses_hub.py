@@ -32,27 +32,7 @@ PARTICIPANTS = [f"ws{i:02d}" for i in range(1, 31)]
 
 
 class CourseHub(RunningHub):
-    """RunningHub, started with the course hooks wired in (if local.py does not wire them yet)."""
-
-    def start(self, timeout: float = 300):
-        from test_courses_wiring import wired_in_local
-
-        if wired_in_local():
-            return super().start(timeout)
-        import subprocess as sp
-
-        real_popen = sp.Popen
-
-        def popen(args, env=None, **kw):
-            args = [*args, "--", "--JupyterHub.spawner_class=test_courses_wiring.WiredSpawner"]
-            env = {**(env or os.environ), "PYTHONPATH": str(REPO / "tests")}
-            return real_popen(args, env=env, **kw)
-
-        sp.Popen = popen
-        try:
-            return super().start(timeout)
-        finally:
-            sp.Popen = real_popen
+    """RunningHub for the course tests (the stock spawner runs the course hooks)."""
 
 
 def svc(h, method, path, token=None, **kw):

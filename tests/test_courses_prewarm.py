@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from esker.hub import config as config_mod
-from esker.hub import courses_service as S
-from esker.hub import reservations as R
-from esker.spawner.catalog import Catalog
-from esker.spawner.envs import EnvironmentBuilder
+from esker.core import config as config_mod
+from esker.courses import prewarm, reservations
+from esker.courses import service as S
+from esker.core.catalog import Catalog
+from esker.system.envs import EnvironmentBuilder
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = yaml.safe_load((REPO / "esker.yaml").read_text())
@@ -36,7 +36,7 @@ def cfg(**k8s):
 
 
 def res(course="intro-ml", profile="scikit-learn", seats=3, start=T0, hours=3, rid=None):
-    return R.Reservation(course=course, profile=profile, seats=seats, start=start, end=start + timedelta(hours=hours),
+    return reservations.Reservation(course=course, profile=profile, seats=seats, start=start, end=start + timedelta(hours=hours),
                          group=course, id=rid or course)
 
 
@@ -45,44 +45,44 @@ def test_what_is_due_within_the_lookahead():
     cat = Catalog.from_config(cfg())
     rs = [res(rid="a"), res("big-data", "spark", rid="b", start=T0 + timedelta(minutes=20)),
           res("later", "minimal", rid="c", start=T0 + timedelta(hours=2)), res("gone", "nope", rid="d")]
-    plan = R.prewarm_plan(T0 - timedelta(minutes=10), rs, LOOK, cat)
+    plan = prewarm.prewarm_plan(T0 - timedelta(minutes=10), rs, LOOK, cat)
     assert [d.reservation.id for d in plan.due] == ["a", "b"]  # c is 2h away; d names no profile
     assert plan.environments == ("scikit-learn", "spark") and plan.spark
     assert [d.spark for d in plan.due] == [False, True]
     # exactly at start - lookahead it is due; a minute before it is not; after the end it is dropped
-    assert [d.reservation.id for d in R.prewarm_plan(T0 - LOOK, rs[:1], LOOK, cat).due] == ["a"]
-    assert R.prewarm_plan(T0 - LOOK - timedelta(minutes=1), rs[:1], LOOK, cat).due == ()
-    assert R.prewarm_plan(T0 + timedelta(hours=3), rs[:1], LOOK, cat).due == ()
+    assert [d.reservation.id for d in prewarm.prewarm_plan(T0 - LOOK, rs[:1], LOOK, cat).due] == ["a"]
+    assert prewarm.prewarm_plan(T0 - LOOK - timedelta(minutes=1), rs[:1], LOOK, cat).due == ()
+    assert prewarm.prewarm_plan(T0 + timedelta(hours=3), rs[:1], LOOK, cat).due == ()
     # still due during the window (a late environment loss is repaired)
-    assert not R.prewarm_plan(T0 + timedelta(hours=1), rs[:1], LOOK, cat).spark
+    assert not prewarm.prewarm_plan(T0 + timedelta(hours=1), rs[:1], LOOK, cat).spark
     # two reservations of one environment build it once
-    two = R.prewarm_plan(T0, [res(rid="a"), res("other", rid="x")], LOOK, cat)
+    two = prewarm.prewarm_plan(T0, [res(rid="a"), res("other", rid="x")], LOOK, cat)
     assert two.environments == ("scikit-learn",) and len(two.due) == 2
-    assert R.environments_to_build(plan, ["spark"]) == ("scikit-learn",)
-    assert R.environments_to_build(plan, ["spark", "scikit-learn"]) == ()
+    assert prewarm.environments_to_build(plan, ["spark"]) == ("scikit-learn",)
+    assert prewarm.environments_to_build(plan, ["spark", "scikit-learn"]) == ()
 
 
 def test_the_record_is_set_once_everything_is_ready_and_then_kept():
     cat = Catalog.from_config(cfg())
-    (d,) = R.prewarm_plan(T0, [res("big-data", "spark", rid="b")], LOOK, cat).due
-    rec = R.prewarm_record(d, {"spark": "ready"}, "down: connection refused", T0)
+    (d,) = prewarm.prewarm_plan(T0, [res("big-data", "spark", rid="b")], LOOK, cat).due
+    rec = prewarm.prewarm_record(d, {"spark": "ready"}, "down: connection refused", T0)
     assert rec["prewarmed_at"] is None and "spark master: down" in rec["status"]
-    rec = R.prewarm_record(d, {"spark": "failed: no lock file"}, "up (1 worker)", T0)
+    rec = prewarm.prewarm_record(d, {"spark": "failed: no lock file"}, "up (1 worker)", T0)
     assert rec["prewarmed_at"] is None and rec["status"].startswith("environment spark: failed")
-    ok = R.prewarm_record(d, {"spark": "ready"}, "up (1 worker)", T0)
+    ok = prewarm.prewarm_record(d, {"spark": "ready"}, "up (1 worker)", T0)
     assert ok["prewarmed_at"] == T0.isoformat() and ok["status"] == "ready" and ok["spark"] == "up (1 worker)"
     later = T0 + timedelta(minutes=5)
-    again = R.prewarm_record(d, {"spark": "ready"}, "down: gone", later, ok)
+    again = prewarm.prewarm_record(d, {"spark": "ready"}, "down: gone", later, ok)
     assert again["prewarmed_at"] == T0.isoformat() and again["status"] != "ready"  # kept, problem shown
 
 
 def test_placeholder_changes_create_once_and_delete_what_is_no_longer_planned():
     pods = [{"metadata": {"name": f"esker-seat-c-{i}"}} for i in range(3)]
-    create, delete = R.placeholder_changes(pods, ["esker-seat-c-0", "esker-seat-old-0"])
+    create, delete = prewarm.placeholder_changes(pods, ["esker-seat-c-0", "esker-seat-old-0"])
     assert [p["metadata"]["name"] for p in create] == ["esker-seat-c-1", "esker-seat-c-2"]
     assert delete == ["esker-seat-old-0"]
     # c-1 was created before and is gone now (a participant's pod preempted it): not created again
-    create, delete = R.placeholder_changes(pods, ["esker-seat-c-0", "esker-seat-c-2"], made={"esker-seat-c-1"})
+    create, delete = prewarm.placeholder_changes(pods, ["esker-seat-c-0", "esker-seat-c-2"], made={"esker-seat-c-1"})
     assert create == [] and delete == []
 
 
@@ -114,15 +114,15 @@ def test_the_pass_builds_checks_spark_and_records(tmp_path):
     calls = []
     b = FakeBuilder()
     st = state(tmp_path, b, spark_check=lambda: calls.append(1) or "up (2 workers)")
-    st.store.reserve(res(rid="a"), lambda n, e: R.Decision(True))
-    st.store.reserve(res("far", "minimal", rid="f", start=T0 + timedelta(days=1)), lambda n, e: R.Decision(True))
+    st.store.reserve(res(rid="a"), lambda n, e: reservations.Decision(True))
+    st.store.reserve(res("far", "minimal", rid="f", start=T0 + timedelta(days=1)), lambda n, e: reservations.Decision(True))
     out = asyncio.run(S.prewarm_once(st, T0 - timedelta(minutes=5)))
     assert b.built == ["scikit-learn"] and out["environments"] == {"scikit-learn": "ready"}
     assert calls == [] and out["spark"] is None  # no reserved profile uses Spark
     rec = st.store.prewarm_records()
     assert set(rec) == {"a"} and rec["a"]["prewarmed_at"] == (T0 - timedelta(minutes=5)).isoformat()
     # A Spark reservation: the master is checked; down means not pre-warmed (yet)
-    st.store.reserve(res("big-data", "spark", rid="s"), lambda n, e: R.Decision(True))
+    st.store.reserve(res("big-data", "spark", rid="s"), lambda n, e: reservations.Decision(True))
     st.spark_check = lambda: calls.append(1) or "down: connection refused"
     out = asyncio.run(S.prewarm_once(st, T0 - timedelta(minutes=4)))
     assert b.built == ["scikit-learn", "spark"] and calls == [1]
@@ -131,7 +131,7 @@ def test_the_pass_builds_checks_spark_and_records(tmp_path):
     assert rec["a"]["prewarmed_at"] == (T0 - timedelta(minutes=5)).isoformat()  # kept from the first pass
     # A failing build is recorded, the pass goes on, and the next one tries again
     st2 = state(tmp_path / "2", FakeBuilder(broken={"scikit-learn"}))
-    st2.store.reserve(res(rid="a"), lambda n, e: R.Decision(True))
+    st2.store.reserve(res(rid="a"), lambda n, e: reservations.Decision(True))
     out = asyncio.run(S.prewarm_once(st2, T0))
     assert out["environments"]["scikit-learn"].startswith("failed: Installing scikit-learn")
     assert st2.store.prewarm_records()["a"]["prewarmed_at"] is None
@@ -148,7 +148,7 @@ def test_the_pass_builds_a_real_environment(tmp_path):
     (images / "scikit-learn" / "requirements.lock").write_text("six==1.16.0\n")
     builder = EnvironmentBuilder(tmp_path / "envs", images)
     st = state(tmp_path, builder)
-    st.store.reserve(res(rid="a"), lambda n, e: R.Decision(True))
+    st.store.reserve(res(rid="a"), lambda n, e: reservations.Decision(True))
     assert not builder.get("scikit-learn").ready()
     out = asyncio.run(S.prewarm_once(st, T0 - timedelta(minutes=29)))
     env = builder.get("scikit-learn")
@@ -175,7 +175,7 @@ def test_the_reservations_api_shows_prewarmed_at(tmp_path):
     st.auth = Auth()
     now = datetime.now(timezone.utc)
     r = res(rid="a", start=now + timedelta(minutes=10))
-    st.store.reserve(r, lambda n, e: R.Decision(True))
+    st.store.reserve(r, lambda n, e: reservations.Decision(True))
     asyncio.run(S.prewarm_once(st, now))
 
     async def get():
@@ -234,7 +234,7 @@ class FakeCore:
 def test_kubernetes_pass_keeps_one_placeholder_per_seat(tmp_path):
     core = FakeCore("hub", others=["jupyter-alice"])
     st = state(tmp_path, kube=core, backend="kubernetes", namespace="hub")
-    st.store.reserve(res(rid="a", seats=3), lambda n, e: R.Decision(True))
+    st.store.reserve(res(rid="a", seats=3), lambda n, e: reservations.Decision(True))
     out = asyncio.run(S.prewarm_once(st, T0 - timedelta(minutes=20)))
     assert sorted(core.created) == [f"esker-seat-intro-ml-{i}" for i in range(3)]
     assert out["placeholders"]["created"] == core.created
@@ -254,6 +254,6 @@ def test_kubernetes_pass_keeps_one_placeholder_per_seat(tmp_path):
 def test_the_fake_api_catches_a_wrong_namespace(tmp_path):
     core = FakeCore("hub")
     st = state(tmp_path, kube=core, backend="kubernetes", namespace="esker")  # service and cluster disagree
-    st.store.reserve(res(rid="a", seats=1), lambda n, e: R.Decision(True))
+    st.store.reserve(res(rid="a", seats=1), lambda n, e: reservations.Decision(True))
     with pytest.raises(AssertionError):
         asyncio.run(S.prewarm_once(st, T0))

@@ -14,14 +14,13 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from tornado.web import HTTPError
 
-from esker.hub import config as config_mod
-from esker.hub import courses as C
-from esker.hub import reservations as R
-from esker.hub import traits
-from esker.spawner.catalog import Catalog, UserInfo
-from esker.spawner.plan import select
+from esker.core import config as config_mod
+from esker.courses import acls, content, model, prewarm, reservations, roles, seats
+from esker.state import coursestore
+from esker.app import configurer as traits
+from esker.core.catalog import Catalog, UserInfo
+from esker.core.plan import select
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = yaml.safe_load((REPO / "esker.yaml").read_text())
@@ -52,7 +51,7 @@ def test_schema_accepts_courses_and_capacity_with_defaults():
     c = cfg["courses"][0]
     assert c["idle_timeout"] == 3600 and c["password"] is None and c["participants"] == []
     assert cfg["capacity"] == {"cpu": 16, "memory": "64G", "gpus": None, "scratch": None}
-    assert C.course_problems(cfg) == []
+    assert model.course_problems(cfg) == []
 
 
 @pytest.mark.parametrize("bad, field", [
@@ -79,7 +78,7 @@ def test_semantic_problems_name_the_field():
         config_mod.validate(data)
     assert "courses[0].profiles: 'gpu-xl' is not a profile" in str(e.value)
     filled = config_mod._fill_defaults(config_mod.SCHEMA, copy.deepcopy(data))
-    problems = C.course_problems(config_mod.EskerConfig(filled, "test"))
+    problems = model.course_problems(config_mod.EskerConfig(filled, "test"))
     text = "\n".join(problems)
     assert "courses[0].profiles: 'gpu-xl' is not a profile" in text
     assert "courses[0].datasets: 'climate' is not in storage.datasets" in text
@@ -104,7 +103,7 @@ def test_merge_rules(tmp_path):
     write(src / "d.ipynb", "d1")
     write(src / "sub" / "e.py", "e1")
     write(src / ".git" / "HEAD", "x")
-    r = C.merge_content(src, dest)
+    r = content.merge_content(src, dest)
     assert sorted(r.added) == ["a.ipynb", "b.ipynb", "c.ipynb", "d.ipynb", "sub/e.py"]
     assert not (dest / ".git").exists()
     # the user edits b and c, deletes d; upstream changes a (untouched by the user), c, d; adds f
@@ -115,7 +114,7 @@ def test_merge_rules(tmp_path):
     write(src / "c.ipynb", "c2")
     write(src / "d.ipynb", "d2")
     write(src / "f.ipynb", "f1")
-    r = C.merge_content(src, dest)
+    r = content.merge_content(src, dest)
     assert r.updated == ["a.ipynb"] and (dest / "a.ipynb").read_text() == "a2"
     assert r.kept == ["b.ipynb"] and (dest / "b.ipynb").read_text() == "b-mine"
     assert r.conflicts == ["c.ipynb"] and (dest / "c.ipynb").read_text() == "c-mine"
@@ -123,18 +122,18 @@ def test_merge_rules(tmp_path):
     assert r.not_restored == ["d.ipynb"] and not (dest / "d.ipynb").exists()
     assert r.added == ["f.ipynb"]
     # idempotent: nothing new happens on a second run
-    r = C.merge_content(src, dest)
+    r = content.merge_content(src, dest)
     assert (r.added, r.updated, r.conflicts) == ([], [], [])
     assert r.kept == ["b.ipynb", "c.ipynb"]
-    state = json.loads((dest / C.STATE_FILE).read_text())["files"]
-    assert "c.upstream.ipynb" not in state and state["a.ipynb"] == C.file_hash(src / "a.ipynb")
+    state = json.loads((dest / content.STATE_FILE).read_text())["files"]
+    assert "c.upstream.ipynb" not in state and state["a.ipynb"] == content.file_hash(src / "a.ipynb")
 
 
 def test_merge_a_users_own_file_of_the_same_name_is_kept(tmp_path):
     src, dest = tmp_path / "src", tmp_path / "dest"
     write(dest / "lesson.ipynb", "mine, before the course existed")
     write(src / "lesson.ipynb", "upstream")
-    r = C.merge_content(src, dest)
+    r = content.merge_content(src, dest)
     assert r.conflicts == ["lesson.ipynb"]
     assert (dest / "lesson.ipynb").read_text().startswith("mine")
     assert (dest / "lesson.upstream.ipynb").read_text() == "upstream"
@@ -146,11 +145,11 @@ def test_merge_never_follows_a_users_symlink(tmp_path):
     outside.mkdir()
     dest.mkdir()
     (dest / "sub").symlink_to(outside)
-    C.merge_content(src, dest)
+    content.merge_content(src, dest)
     assert list(outside.iterdir()) == []
     write(src / "link.txt", "up")
     (dest / "link.txt").symlink_to(outside / "target")
-    C.merge_content(src, dest)
+    content.merge_content(src, dest)
     assert not (outside / "target").exists()
 
 
@@ -172,11 +171,11 @@ def test_merge_as_user_writes_as_that_user(world_tmp):
     write(src / "a.ipynb", "a")
     home.mkdir()
     os.chown(home, 65534, 65534)
-    r = C.merge_as_user(str(src), str(home / "course"), 65534, 65534)
+    r = content.merge_as_user(str(src), str(home / "course"), 65534, 65534)
     assert r.added == ["a.ipynb"]
     assert (home / "course" / "a.ipynb").stat().st_uid == 65534
-    with pytest.raises(C.CourseError):  # nobody cannot write into a root-owned folder
-        C.merge_as_user(str(src), str(tmp_path / "rootonly" / "c"), 65534, 65534)
+    with pytest.raises(model.CourseError):  # nobody cannot write into a root-owned folder
+        content.merge_as_user(str(src), str(tmp_path / "rootonly" / "c"), 65534, 65534)
 
 
 # -------------------------------------------------------------------------------------------- git
@@ -192,39 +191,39 @@ def make_repo(path: Path) -> str:
 
 def test_git_source_fetch_and_unreachable(tmp_path):
     url = make_repo(tmp_path / "repo")
-    course_ = C.Course.from_dict(course(content={"git": url, "ref": "main", "subdir": "nb"}))
-    src = C.content_source(course_, str(tmp_path / "state"))
+    course_ = model.Course.from_dict(course(content={"git": url, "ref": "main", "subdir": "nb"}))
+    src = content.content_source(course_, str(tmp_path / "state"))
     assert (src / "one.ipynb").read_text() == "1" and (src.parent / ".esker-rev").exists()
-    bad = C.Course.from_dict(course(content={"git": f"file://{tmp_path}/missing", "ref": "main"}))
-    with pytest.raises(C.CourseError) as e:
-        C.content_source(bad, str(tmp_path / "state"))
+    bad = model.Course.from_dict(course(content={"git": f"file://{tmp_path}/missing", "ref": "main"}))
+    with pytest.raises(model.CourseError) as e:
+        content.content_source(bad, str(tmp_path / "state"))
     assert "cannot fetch" in str(e.value)
-    cache = C.git_cache_dir(str(tmp_path / "state"), f"file://{tmp_path}/missing", "main")
+    cache = content.git_cache_dir(str(tmp_path / "state"), f"file://{tmp_path}/missing", "main")
     assert not cache.exists()
     assert [p.name for p in cache.parent.iterdir() if p.name.startswith(".")] == []  # nothing half-written
     # an unreachable remote keeps the last good checkout
     os.rename(tmp_path / "repo", tmp_path / "gone")
-    with pytest.raises(C.CourseError):
-        C.content_source(course_, str(tmp_path / "state"))
+    with pytest.raises(model.CourseError):
+        content.content_source(course_, str(tmp_path / "state"))
     assert (src / "one.ipynb").exists()
 
 
 # ---------------------------------------------------------------------------------------- ACLs
 def test_acl_encoding_roundtrip():
-    blob = C.acl_with_users(0o750, {1001: 5, 1000: 7})
-    entries = C.acl_decode(blob)
-    assert entries[0] == (C.USER_OBJ, 7, None)
-    assert [(t, p, i) for t, p, i in entries if t == C.USER] == [(C.USER, 7, 1000), (C.USER, 5, 1001)]
-    assert (C.MASK, 7, None) in entries
+    blob = acls.acl_with_users(0o750, {1001: 5, 1000: 7})
+    entries = acls.acl_decode(blob)
+    assert entries[0] == (acls.USER_OBJ, 7, None)
+    assert [(t, p, i) for t, p, i in entries if t == acls.USER] == [(acls.USER, 7, 1000), (acls.USER, 5, 1001)]
+    assert (acls.MASK, 7, None) in entries
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="ACLs for other users need root")
 def test_dataset_acl_read_only_for_participants_and_writable_for_instructors(world_tmp):
     tmp_path = world_tmp
-    path = C.ensure_dataset_dir(str(tmp_path), "weather")
+    path = acls.ensure_dataset_dir(str(tmp_path), "weather")
     write(Path(path) / "t.csv", "x,y\n")
     try:
-        C.grant_dataset(path, 65534, write=False)  # nobody: a participant
+        acls.grant_dataset(path, 65534, write=False)  # nobody: a participant
     except OSError as e:
         pytest.skip(f"no POSIX ACLs on this filesystem: {e}")
 
@@ -238,7 +237,7 @@ def test_dataset_acl_read_only_for_participants_and_writable_for_instructors(wor
     assert "Permission denied" in r.stderr
     r = as_nobody(f"import os; print(os.listdir('{tmp_path}/datasets'))")
     assert "Permission denied" in r.stderr  # the datasets root cannot be listed
-    C.grant_dataset(path, 65534, write=True)  # now an instructor
+    acls.grant_dataset(path, 65534, write=True)  # now an instructor
     r = as_nobody(f"open('{path}/new.csv','w').write('1')")
     assert r.returncode == 0, r.stderr
 
@@ -248,19 +247,19 @@ def catalog():
     return Catalog.from_config(config_mod.validate(copy.deepcopy(BASE)))
 
 
-CAP = R.Resources(cpu=76, memory=512 * GiB, gpus=2, scratch=4096 * GiB)
-COURSES = {c["name"]: C.Course.from_dict(c) for c in [
+CAP = reservations.Resources(cpu=76, memory=512 * GiB, gpus=2, scratch=4096 * GiB)
+COURSES = {c["name"]: model.Course.from_dict(c) for c in [
     course(), course(name="stats", group="stats", profiles=["scikit-learn", "spark"]),
     course(name="deep", group="deep", profiles=["tensorflow"])]}
 
 
 def res(course_="intro-ml", profile="scikit-learn", seats=30, start=T0, hours=3, **kw):
-    return R.Reservation(course=course_, profile=profile, seats=seats, start=start,
+    return reservations.Reservation(course=course_, profile=profile, seats=seats, start=start,
                          end=start + timedelta(hours=hours), **kw)
 
 
 def decide(new, existing=(), cap=CAP, now=T0 - timedelta(days=1)):
-    return R.admit(new, list(existing), cap, catalog(), COURSES, {"intro-ml", "stats", "deep"}, now=now)
+    return reservations.admit(new, list(existing), cap, catalog(), COURSES, {"intro-ml", "stats", "deep"}, now=now)
 
 
 def test_admit_fits_and_refuses_with_what_is_short():
@@ -275,7 +274,7 @@ def test_admit_fits_and_refuses_with_what_is_short():
 
 
 def hhmm(dt):
-    return R.hhmm(dt)
+    return reservations.hhmm(dt)
 
 
 def test_admit_refusals():
@@ -286,7 +285,7 @@ def test_admit_refusals():
     assert "unknown course" in decide(res(course_="nope")).reason
     d = decide(res(profile="spark"))
     assert d.status == 400 and "does not use profile" in d.reason
-    assert "unknown group" in R.admit(res(group="ghosts"), [], CAP, catalog(), None, {"intro-ml"},
+    assert "unknown group" in reservations.admit(res(group="ghosts"), [], CAP, catalog(), None, {"intro-ml"},
                                       now=T0 - timedelta(days=1)).reason
     d = decide(res(), [res(id="r1", start=T0 + timedelta(hours=2))])
     assert d.status == 409 and "already has seats reserved" in d.reason
@@ -297,7 +296,7 @@ def test_admit_refusals():
 
 
 def test_admit_sweeps_over_partially_overlapping_windows():
-    cap = R.Resources(cpu=40, memory=512 * GiB, gpus=0, scratch=4096 * GiB)
+    cap = reservations.Resources(cpu=40, memory=512 * GiB, gpus=0, scratch=4096 * GiB)
     a = res(seats=20, id="a", hours=2)  # 9-11
     b = res("stats", seats=20, id="b", start=T0 + timedelta(hours=2), hours=2)  # 11-13
     # 10:00-12:00 never has more than 20 promised at once: 20 more fit
@@ -318,8 +317,8 @@ class FakeRuntime:
 def test_check_seat_keeps_the_seats_for_participants(tmp_path):
     cfg = cfg_with([course()])
     rt = FakeRuntime(cfg, str(tmp_path))
-    cap = R.Resources(cpu=32, memory=512 * GiB, gpus=0, scratch=4096 * GiB)
-    reservations = [res(seats=30, id="r1")]
+    cap = reservations.Resources(cpu=32, memory=512 * GiB, gpus=0, scratch=4096 * GiB)
+    booked = [res(seats=30, id="r1")]
     alice = UserInfo("alice", frozenset({"intro-ml"}))
     bob = UserInfo("bob")
     now = T0 + timedelta(minutes=5)
@@ -327,20 +326,21 @@ def test_check_seat_keeps_the_seats_for_participants(tmp_path):
 
     def check(user, running, when=now, profile="scikit-learn"):
         s = select(rt.catalog, user, {"profile": profile})
-        R.check_seat(rt, user, s, when, running, reservations=reservations, capacity=cap)
+        seats.check_seat(user, s, catalog=rt.catalog, courses=model.courses_from_config(rt.config), now=when,
+                         running_by_profile=running, reservations=booked, capacity=cap)
 
     check(alice, {})
     check(bob, {})  # 30 promised of 32: bob's 1 CPU fits
     check(bob, {"minimal": ["someone"]})  # 31 + 1
-    with pytest.raises(HTTPError) as e:
+    with pytest.raises(seats.SeatRefused) as e:
         check(bob, {"minimal": ["someone", "other"]})
-    assert e.value.status_code == 503 and "capacity reserved for Intro to ML until" in e.value.log_message
-    assert hhmm(T0 + timedelta(hours=3)) in e.value.log_message
+    assert e.value.status == 503 and "capacity reserved for Intro to ML until" in str(e.value)
+    assert hhmm(T0 + timedelta(hours=3)) in str(e.value)
     # participants always get their seats, even when the rest is full
     parts = [UserInfo(f"p{i}", frozenset({"intro-ml"})) for i in range(29)]
     check(alice, {"scikit-learn": parts, "minimal": ["x", "y", "z"]})
     # ... up to the seats: the 31st participant competes for the unpromised rest
-    with pytest.raises(HTTPError):
+    with pytest.raises(seats.SeatRefused):
         check(alice, {"scikit-learn": parts + [UserInfo("p29", frozenset({"intro-ml"}))], "minimal": ["x", "y"]})
     # outside the window nothing is held back
     check(bob, {"minimal": ["a", "b", "c"]}, when=T0 + timedelta(hours=3))
@@ -351,11 +351,11 @@ def test_check_seat_keeps_the_seats_for_participants(tmp_path):
 def test_prewarm_plan_and_placeholder_manifests_validate_strictly():
     cat = catalog()
     reservations = [res(seats=3, id="r1"), res("deep", "tensorflow", seats=2, id="r2", start=T0 + timedelta(days=1))]
-    plan = R.prewarm_plan(T0 - timedelta(minutes=30), reservations, timedelta(hours=1), cat)
+    plan = prewarm.prewarm_plan(T0 - timedelta(minutes=30), reservations, timedelta(hours=1), cat)
     assert plan.environments == ("scikit-learn",) and len(plan.placeholders) == 3
-    assert R.prewarm_plan(T0 - timedelta(hours=2), reservations, timedelta(hours=1), cat).placeholders == ()
-    assert R.prewarm_plan(T0 + timedelta(hours=3), reservations, timedelta(hours=1), cat).environments == ()
-    gpu = R.prewarm_plan(T0, [res("deep", "tensorflow", seats=2, id="r2")],
+    assert prewarm.prewarm_plan(T0 - timedelta(hours=2), reservations, timedelta(hours=1), cat).placeholders == ()
+    assert prewarm.prewarm_plan(T0 + timedelta(hours=3), reservations, timedelta(hours=1), cat).environments == ()
+    gpu = prewarm.prewarm_plan(T0, [res("deep", "tensorflow", seats=2, id="r2")],
                          timedelta(0), Catalog.from_config(gpu_cfg()))
     assert gpu.placeholders[0]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     for pod in plan.placeholders + gpu.placeholders:
@@ -378,9 +378,9 @@ def test_course_roles_are_limited_to_the_course_group():
     from jupyterhub.scopes import _check_scopes_exist, parse_scopes
 
     cfg = cfg_with([course(participants=["p1", "p2"]), course(name="stats", group="stats", instructors=[])])
-    roles = C.course_roles(cfg)
-    assert [r["name"] for r in roles] == ["course-intro-ml-instructors"]
-    role = roles[0]
+    got = roles.course_roles(cfg)
+    assert [r["name"] for r in got] == ["course-intro-ml-instructors"]
+    role = got[0]
     assert role["users"] == ["ines"]
     _check_scopes_exist(role["scopes"])  # every scope is one JupyterHub knows
     parsed = parse_scopes(role["scopes"])
@@ -389,14 +389,14 @@ def test_course_roles_are_limited_to_the_course_group():
     # single-user servers cannot resolve group filters: each participant is named too
     assert parsed["access:servers"] == {"group": {"intro-ml"}, "user": {"p1", "p2"}}
     assert "admin:users" not in parsed and "admin:servers" not in parsed
-    assert C.course_groups(cfg) == {"intro-ml": {"users": ["p1", "p2"]}, "stats": {"users": []}}
+    assert roles.course_groups(cfg) == {"intro-ml": {"users": ["p1", "p2"]}, "stats": {"users": []}}
 
 
 def test_courses_service_and_traits(tmp_path):
     cfg = cfg_with([course(participants=["p1"])])
     d = traits.Deployment(state_dir=str(tmp_path), config_file="/x/esker.yaml", port=8000, hub_port=1,
                           proxy_api_port=2, proxy_command=["chp"])
-    service, role = C.courses_service(cfg.data, d, port=4321)
+    service, role = roles.courses_service(cfg.data, d, port=4321)
     assert service["url"] == "http://127.0.0.1:4321" and service["name"] == "esker-courses"
     assert service["environment"]["ESKER_STATE_DIR"] == str(tmp_path)
     from jupyterhub.scopes import _check_scopes_exist
@@ -410,23 +410,23 @@ def test_courses_service_and_traits(tmp_path):
 
 # ---------------------------------------------------------------------------------------- store
 def test_store_survives_reopening_and_admits_atomically(tmp_path):
-    store = R.CourseStore.for_state_dir(str(tmp_path))
+    store = coursestore.CourseStore.for_state_dir(str(tmp_path))
     cat = catalog()
-    cap = R.Resources(cpu=40, memory=512 * GiB, gpus=0, scratch=4096 * GiB)
+    cap = reservations.Resources(cpu=40, memory=512 * GiB, gpus=0, scratch=4096 * GiB)
 
     def dec(n, existing):
-        return R.admit(n, existing, cap, cat, COURSES, None, now=T0 - timedelta(days=1))
+        return reservations.admit(n, existing, cap, cat, COURSES, None, now=T0 - timedelta(days=1))
 
     d, saved = store.reserve(res(seats=30), dec)
     assert d.accepted and saved.id
     d, _ = store.reserve(res("stats", seats=30), dec)
     assert not d.accepted and "needs 30 CPU, 10 free" in d.reason
-    again = R.CourseStore.for_state_dir(str(tmp_path))
+    again = coursestore.CourseStore.for_state_dir(str(tmp_path))
     assert [r.id for r in again.reservations()] == [saved.id]
     assert again.reservations()[0].start == T0
     again.put_course("new", {"name": "new", "group": "new-g", "participants": ["a"]})
     again.put_course("intro-ml", {"display_name": "Intro (spring)"})
-    eff = {c.name: c for c in again.effective_courses([C.Course.from_dict(course())])}
+    eff = {c.name: c for c in again.effective_courses([model.Course.from_dict(course())])}
     assert eff["new"].source == "runtime" and eff["new"].participants == ("a",)
     assert eff["intro-ml"].display_name == "Intro (spring)" and eff["intro-ml"].group == "intro-ml"
     assert again.expire(T0 + timedelta(hours=4)) == [saved.id] and again.reservations() == []

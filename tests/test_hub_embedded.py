@@ -232,7 +232,7 @@ def test_broken_config_fails_at_start(tmp_path):
 
 
 def test_cpu_and_memory_limits_are_enforced(running_hub, hub):
-    from esker.spawner.limits import Limiter
+    from esker.system.cgroups import Limiter
 
     if not Limiter("esker-probe").enabled:
         pytest.skip("no writable cgroup hierarchy on this machine: limits are reported only")
@@ -269,7 +269,7 @@ def test_spark_master_is_restarted_when_it_dies(environments):
     import time
     from pathlib import Path
 
-    from esker.hub.spark import master_status
+    from esker.spark.cluster import master_status
 
     h = RunningHub()
     try:

@@ -14,10 +14,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from esker.hub.config import DEFAULT_CONFIG, validate
-from esker.hub.schema import SCHEMA
+from esker.core.config import validate
+from esker.resources import SHIPPED_CONFIG as DEFAULT_CONFIG
+from esker.core.schema import SCHEMA
 from esker.spawner import k8s_objects as ko
-from esker.spawner.catalog import Catalog
+from esker.core.catalog import Catalog
 
 pytestmark = pytest.mark.kubernetes
 
@@ -96,7 +97,7 @@ def test_every_rendered_object_is_valid(values):
 
 
 def test_seat_placeholder_priority_class_is_below_user_pods_and_named_as_the_service_expects():
-    from esker.hub.reservations import PRIORITY_CLASS, placeholder_pod
+    from esker.courses.prewarm import PRIORITY_CLASS, placeholder_pod
 
     (pc,) = by(render(), "PriorityClass")
     assert pc["metadata"]["name"] == PRIORITY_CLASS == "esker-user-placeholder"
@@ -106,7 +107,7 @@ def test_seat_placeholder_priority_class_is_below_user_pods_and_named_as_the_ser
     # The pods the courses service creates name exactly this class.
     from datetime import datetime, timezone
 
-    from esker.hub.reservations import Reservation
+    from esker.courses.reservations import Reservation
 
     cfg = validate(VALUES["esker"]["config"]).data
     prof = Catalog.from_config(cfg).get("scikit-learn")

@@ -16,8 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from esker.hub import cli_preview
-from esker.hub.config import DEFAULT_CONFIG
+from esker.cli import preview as cli_preview
+from esker.resources import SHIPPED_CONFIG as DEFAULT_CONFIG
 from esker.spawner import k8s_objects as ko
 
 pytestmark = pytest.mark.kubernetes

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from traitlets.config import Config
 
-from esker.hub import traits
+from esker.app import configurer as traits
 
 pytestmark = pytest.mark.kubernetes
 REPO = Path(__file__).resolve().parent.parent

@@ -7,10 +7,11 @@ import copy
 import pytest
 import yaml
 
-from esker.hub.config import DEFAULT_CONFIG, validate
+from esker.core.config import validate
+from esker.resources import SHIPPED_CONFIG as DEFAULT_CONFIG
 from esker.spawner import k8s_objects as ko
-from esker.spawner.catalog import Catalog, UserInfo
-from esker.spawner.plan import build_plan, select
+from esker.core.catalog import Catalog, UserInfo
+from esker.core.plan import build_plan, select
 
 pytestmark = pytest.mark.kubernetes
 

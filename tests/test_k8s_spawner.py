@@ -14,12 +14,12 @@ import yaml
 from kubespawner import KubeSpawner
 from tornado.web import HTTPError
 
-from esker.hub import cli_preview
-from esker.hub.config import DEFAULT_CONFIG
+from esker.cli import preview as cli_preview
+from esker.resources import SHIPPED_CONFIG as DEFAULT_CONFIG
 from esker.spawner import k8s_objects as ko
 from esker.spawner import kubernetes as kube
-from esker.spawner.catalog import Catalog, UserInfo
-from esker.spawner.plan import Placement, Site, build_plan, select
+from esker.core.catalog import Catalog, UserInfo
+from esker.core.plan import Site, build_plan, select
 
 pytestmark = pytest.mark.kubernetes
 
@@ -315,7 +315,7 @@ def test_prepull_images_is_the_catalogs_image_list():
 
 
 def test_preview_cli(tmp_path, capsys):
-    from esker.hub.cli import main
+    from esker.cli import main
 
     config_file = write_config(tmp_path, kubernetes={"spark_mode": "kubernetes"})
     assert main(["preview", "--user", "bob", "--profile", "spark", "--config", config_file]) == 0

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from tornado import web
 
-from esker.hub import cli_preview
+from esker.cli import preview as cli_preview
 from esker.spawner import kubernetes as kube
-from esker.spawner.plan import build_plan, select
+from esker.core.plan import build_plan, select
 
 pytestmark = pytest.mark.kubernetes
 GRANT = {"endpoint": "http://rgw.ceph.svc:80", "access_key": "AKUSER", "secret_key": "s3cret", "region": "default",
@@ -36,7 +36,7 @@ class FakeStorage:
 
 
 def config(tmp_path, storage_policy="optional"):
-    data = yaml.safe_load(open(kube.esker_config.DEFAULT_CONFIG))
+    data = yaml.safe_load(open(kube.resources.SHIPPED_CONFIG))
     data["storage"]["endpoint"] = "http://rgw.ceph.svc:80"
     for p in data["profiles"]:
         p["storage"] = storage_policy
@@ -69,10 +69,10 @@ def test_grant_reaches_the_pod_like_embedded(tmp_path):
                 "S3_ENDPOINT_URL", "ESKER_BUCKET", "ESKER_DATASETS"):
         assert env[key] == plan.env[key]
     # the embedded backend builds the same variables from the same grant
-    from esker.spawner.catalog import Catalog
+    from esker.core.catalog import Catalog
 
     sel = select(Catalog.from_config(sp.esker_config), sp.esker_user, {"profile": "minimal"})
-    from esker.spawner.plan import Placement, Site
+    from esker.core.plan import Placement, Site
 
     embedded = build_plan(sel, Placement("/scratch", grants={"storage": GRANT}), Site()).env
     assert {k: v for k, v in embedded.items() if k.startswith(("AWS_", "S3_", "ESKER_BUCKET", "ESKER_DATASETS"))} == \
@@ -91,9 +91,10 @@ def test_storage_down_required_profile_is_refused(tmp_path):
 
 
 def test_kubernetes_needs_an_external_endpoint(tmp_path):
-    from esker.hub import config as cfg_mod
-    from esker.hub.storage import StorageError, StorageService
+    from esker.core import config as cfg_mod
+    from esker.objectstore.errors import StorageError
+    from esker.objectstore.service import StorageService
 
-    data = yaml.safe_load(open(cfg_mod.DEFAULT_CONFIG))
+    data = yaml.safe_load(open(__import__('esker.resources').resources.SHIPPED_CONFIG))
     with pytest.raises(StorageError, match="storage.endpoint is required on Kubernetes"):
         StorageService.from_config(cfg_mod.validate(data), str(tmp_path), mode="kubernetes")

@@ -1,8 +1,8 @@
-"""Monitoring and benchmarks: esker.hub.metrics (unit and scraped from a real hub), the Grafana dashboard,
+"""Monitoring and benchmarks: esker.metrics (unit and scraped from a real hub), the Grafana dashboard,
 `esker status` and `esker bench --quick` against a real hub.
 
 Assertions on figures the spawner reports (spawn histogram, servers running, scratch, failures) need the
-spawner wired to esker.hub.metrics; until spawner/local.py imports it they are skipped, with that reason.
+spawner wired to esker.metrics; until spawner/local.py imports it they are skipped, with that reason.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import requests
 from prometheus_client import CollectorRegistry, REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from esker.hub import metrics
+from esker import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "docs" / "monitoring" / "dashboards" / "esker-hub.json"
@@ -80,7 +80,7 @@ def test_metric_functions_never_raise():
 def test_failure_reasons():
     from tornado import web
 
-    from esker.hub.ledger import NoCapacity
+    from esker.state.ledger import NoCapacity
 
     assert metrics.failure_reason(NoCapacity("1 gpu(s) requested but 0 of 2 free")) == "no_gpu"
     assert metrics.failure_reason(web.HTTPError(503, "No GPU is free for TensorFlow: x")) == "no_gpu"
@@ -291,7 +291,7 @@ def fake_results(factor=1.0):
 
 
 def test_bench_compare_and_outputs_offline(tmp_path):
-    from esker.hub import cli_bench
+    from esker.cli import bench as cli_bench
 
     table = cli_bench.compare(fake_results(2.0), fake_results(1.0))
     by_metric = {r["metric"]: r for r in table}
@@ -303,14 +303,6 @@ def test_bench_compare_and_outputs_offline(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- integration
-def spawner_wired() -> bool:
-    import esker.spawner.local as local
-
-    return getattr(local, "metrics", None) is metrics
-
-
-needs_wiring = pytest.mark.skipif(not spawner_wired(), reason="spawner/local.py does not report to "
-                                  "esker.hub.metrics yet (see docs/monitoring.md, 'Wiring')")
 
 WRAPPER = """
 # Test hub: Esker's config, then faster polling so scratch and liveness figures show up within seconds.
@@ -318,7 +310,7 @@ import os
 load_subconfig({hub_config!r})
 c.Spawner.poll_interval = 2
 c.EskerLocalSpawner.scratch_check_interval = 1
-from esker.hub import metrics
+from esker import metrics
 metrics.install(spark_interval=1)  # idempotent: what the hub does at start once wired
 if os.environ.get("ESKER_TEST_EXTRA_CONFIG"):  # debugging aid: more traitlets from a file
     exec(open(os.environ["ESKER_TEST_EXTRA_CONFIG"]).read())
@@ -334,7 +326,7 @@ def mon_hub(environments):
     class MonitoredHub(RunningHub):
         def start(self, timeout: float = 300):
             wrapper = Path(self.state_dir) / "monitoring_config.py"
-            wrapper.write_text(WRAPPER.format(hub_config=str(ROOT / "hub" / "jupyterhub_config.py")))
+            wrapper.write_text(WRAPPER.format(hub_config=str(ROOT / "esker" / "jupyterhub_config.py")))
             log = open(self.log_path, "ab")
             # What `esker run --prepare none` does (env, cwd, exec jupyterhub), with our wrapper as the config
             # file: JupyterHub takes a single -f.
@@ -416,24 +408,21 @@ def test_metrics_from_a_real_hub(mon_hub):
     try:
         fams = scrape(mon_hub)
         assert value(fams, "jupyterhub_running_servers") >= 1
-        if spawner_wired():
-            got = wait_for(lambda: value(scrape(mon_hub), "esker_spawn_duration_seconds",
-                                         "esker_spawn_duration_seconds_count", profile="minimal",
-                                         outcome="success") == before + 1)
-            assert got, "the spawn was not observed in esker_spawn_duration_seconds"
-            assert wait_for(lambda: value(scrape(mon_hub), "esker_servers_running", profile="minimal") == 1)
-            assert wait_for(lambda: (value(scrape(mon_hub), "esker_scratch_used_bytes", user="mon-a") or -1) >= 0)
+        got = wait_for(lambda: value(scrape(mon_hub), "esker_spawn_duration_seconds",
+                                     "esker_spawn_duration_seconds_count", profile="minimal",
+                                     outcome="success") == before + 1)
+        assert got, "the spawn was not observed in esker_spawn_duration_seconds"
+        assert wait_for(lambda: value(scrape(mon_hub), "esker_servers_running", profile="minimal") == 1)
+        assert wait_for(lambda: (value(scrape(mon_hub), "esker_scratch_used_bytes", user="mon-a") or -1) >= 0)
     finally:
         hub.stop("mon-a")
-    if spawner_wired():
-        fams = scrape(mon_hub)
-        assert value(fams, "esker_servers_running", profile="minimal") == 0
-        assert value(fams, "esker_scratch_used_bytes", user="mon-a") is None
-        assert value(fams, "esker_spawns_in_progress", profile="minimal") == 0
+    fams = scrape(mon_hub)
+    assert value(fams, "esker_servers_running", profile="minimal") == 0
+    assert value(fams, "esker_scratch_used_bytes", user="mon-a") is None
+    assert value(fams, "esker_spawns_in_progress", profile="minimal") == 0
 
 
 @pytest.mark.integration
-@needs_wiring
 def test_refused_spawns_are_counted_by_reason(mon_hub):
     from hubclient import SpawnRefused
 

@@ -13,8 +13,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ceph_fixture import ceph  # noqa: F401  (session fixture)
-from esker.hub.storage import StorageUnavailable, _Deadline, rgw_name
-from esker.spawner.plan import storage_env
+from esker.core.contributors import storage_env
+from esker.objectstore.errors import StorageUnavailable
+from esker.objectstore.names import rgw_name
+from esker.objectstore.rgwadmin import Deadline as _Deadline
 
 pytestmark = pytest.mark.ceph
 
@@ -233,7 +235,8 @@ def test_gateway_down_fails_fast_and_leaves_nothing(ceph, svc):  # noqa: F811
 
 
 def test_admin_keys_are_checked(ceph, tmp_path):  # noqa: F811
-    from esker.hub.storage import StorageError, StorageService
+    from esker.objectstore.errors import StorageError
+    from esker.objectstore.service import StorageService
 
     bad = StorageService(ceph.endpoint, (ceph.access_key, "wrong-secret"), tmp_path, timeout=3)
     with pytest.raises(StorageError, match="refused the admin keys"):

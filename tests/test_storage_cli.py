@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ceph_fixture import ceph  # noqa: F401  (session fixture)
-from esker.hub.cli import main
+from esker.cli import main
 
 pytestmark = pytest.mark.ceph
 

@@ -1,4 +1,4 @@
-"""esker.hub.ceph: the single-node cluster itself (idempotent start, checks, managed-service entry)."""
+"""esker.objectstore.ceph: the single-node cluster itself (idempotent start, checks, managed-service entry)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ceph_fixture import ceph  # noqa: F401  (session fixture)
-from esker.hub.ceph import CephCluster, CephError, service_commands
+from esker.objectstore.ceph import CephCluster, CephError, service_commands
 
 pytestmark = pytest.mark.ceph
 
@@ -63,6 +63,6 @@ def test_service_commands():
     cfg = {"embedded": {"objectstore": "bluestore", "port": 7480, "size": "20G"}}
     [svc] = service_commands(cfg, "/var/lib/esker", python="/venv/bin/python")
     assert svc["name"] == "ceph"
-    assert svc["command"][:5] == ["/venv/bin/python", "-m", "esker.hub.ceph", "run", "--dir"]
+    assert svc["command"][:5] == ["/venv/bin/python", "-m", "esker.objectstore.cephd", "run", "--dir"]
     assert svc["command"][5] == "/var/lib/esker/ceph"
     assert "--size" in svc["command"] and "20G" in svc["command"]

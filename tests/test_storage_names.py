@@ -1,4 +1,4 @@
-"""Pure parts of esker.hub.storage: name mapping, dataset access, bucket policies, the key store."""
+"""Pure parts of esker.objectstore.service: name mapping, dataset access, bucket policies, the key store."""
 
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ import stat
 
 import pytest
 
-from esker.hub.storage import (
-    Dataset,
-    KeyStore,
-    Identity,
-    bucket_policy,
-    check_prefix,
-    dataset_access,
-    rgw_name,
-    service_uid,
-)
+from esker.objectstore.errors import StorageError, StorageUnavailable
+from esker.objectstore.names import Dataset, bucket_policy, check_prefix, dataset_access, rgw_name, service_uid
+from esker.objectstore.service import StorageService
+from esker.state.keystore import Identity, KeyStore
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
@@ -150,7 +144,6 @@ def test_key_store_encrypts_at_rest(tmp_path):
 
 
 def test_key_store_uid_owned_once(tmp_path):
-    from esker.hub.storage import StorageError
 
     store = KeyStore(tmp_path)
     store.put(Identity("alice", "esker-alice", "esker-alice", "A", "S"))
@@ -164,7 +157,6 @@ def test_slow_gateway_gives_storage_unavailable_quickly(tmp_path):
     import socket
     import time
 
-    from esker.hub.storage import StorageService, StorageUnavailable
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -184,8 +176,7 @@ def test_refused_gateway_gives_storage_unavailable(tmp_path):
     import asyncio
     import time
 
-    from esker.hub.ceph import free_port
-    from esker.hub.storage import StorageService, StorageUnavailable
+    from esker.system.ports import free_port
 
     svc = StorageService(f"http://127.0.0.1:{free_port()}", ("AK", "SK"), tmp_path, timeout=2)
     t0 = time.monotonic()

@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esker.hub import accounts, config, traits
-from esker.hub.ledger import Ledger, NoCapacity
-from esker.spawner.catalog import Catalog, UserInfo
+from esker.system import accounts
+
+from esker.core import config
+
+from esker.app import configurer as traits
+from esker.state.ledger import Ledger, NoCapacity
+from esker.core.catalog import Catalog, UserInfo
 from esker.spawner.local import options_from_form
-from esker.spawner.plan import OptionError, Placement, Site, SparkSite, build_plan, select
+from esker.core.plan import OptionError, Placement, Site, SparkSite, build_plan, select
 
 REPO = Path(__file__).resolve().parent.parent
 RAW = yaml.safe_load((REPO / "esker.yaml").read_text())
@@ -67,7 +71,7 @@ def test_config_file_errors(tmp_path):
 
 
 def test_esker_check_command(tmp_path, capsys):
-    from esker.hub.cli import main
+    from esker.cli import main
 
     assert main(["check", str(REPO / "esker.yaml")]) == 0
     p = tmp_path / "bad.yaml"

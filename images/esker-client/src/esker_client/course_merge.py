@@ -2,7 +2,7 @@
 
 Standard library only, importable on its own and runnable as a script, because it runs in three places:
 
-- the embedded hub imports it (``esker.hub.courses`` re-exports :func:`merge_content`) and runs this file as a
+- the embedded hub imports it (``esker.courses.model`` re-exports :func:`merge_content`) and runs this file as a
   script *as the participant* (``python -I course_merge.py merge SRC DEST``), so the kernel, not path checks,
   stops a planted symlink from redirecting a write;
 - on Kubernetes, the notebook pod's init container runs ``python -m esker_client.course_merge merge ...`` as

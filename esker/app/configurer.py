@@ -1,0 +1,174 @@
+"""esker.yaml -> JupyterHub traitlets, as small pure functions (the-littlest-jupyterhub's approach).
+
+Each function takes the validated config and the deployment facts (state dir, ports, secrets) and returns
+``{ClassName: {trait: value}}``; ``apply(c, mapping)`` writes that onto a traitlets Config. Anything set
+here can equally be set in a jupyterhub_config.py by people who prefer that.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from esker import resources
+from esker.app.deployment import Deployment
+from esker.core import config as config_mod
+from esker.courses.roles import course_groups, course_roles, courses_service
+from esker.objectstore.ceph import service_commands as ceph_services
+from esker.spark.cluster import service_commands as spark_services
+from esker.state.coursestore import effective_courses
+
+Mapping = dict[str, dict[str, Any]]
+
+
+def hub_traits(cfg: dict, d: Deployment) -> Mapping:
+    hub = cfg["hub"]
+    return {
+        "JupyterHub": {
+            "ip": hub["ip"],
+            "port": d.port,
+            "hub_ip": "127.0.0.1",
+            "hub_port": d.hub_port,
+            "base_url": hub["base_url"],
+            "db_url": f"sqlite:///{os.path.join(d.state_dir, 'jupyterhub.sqlite')}",
+            "cookie_secret_file": os.path.join(d.state_dir, "secrets", "jupyterhub_cookie_secret"),
+            "pid_file": os.path.join(d.state_dir, "jupyterhub.pid"),
+            "concurrent_spawn_limit": hub["concurrent_spawn_limit"],
+            "log_level": hub["log_level"],
+            # Servers and the proxy outlive a hub restart (upgrades, config changes); `esker run`
+            # stops them explicitly when the operator asks for a full stop.
+            "cleanup_servers": False,
+            "cleanup_proxy": False,
+            "spawner_class": "esker-local",
+        },
+        "ConfigurableHTTPProxy": {
+            "api_url": f"http://127.0.0.1:{d.proxy_api_port}",
+            "command": d.proxy_command,
+            "pid_file": os.path.join(d.state_dir, "proxy.pid"),
+        },
+    }
+
+
+def spawner_traits(cfg: dict, d: Deployment) -> Mapping:
+    return {
+        "Spawner": {
+            "default_url": "/lab",
+            "start_timeout": cfg["hub"]["start_timeout"],
+            "http_timeout": 120,
+            "ip": "127.0.0.1",
+        },
+        "EskerLocalSpawner": {"esker_config": d.config_file, "state_dir": d.state_dir},
+    }
+
+
+def auth_traits(cfg: dict, d: Deployment) -> Mapping:
+    auth = cfg["auth"]
+    admins = set(cfg["hub"]["admin_users"])
+    common = {"admin_users": admins, "allow_all": auth["allow_all"]}
+    if auth["type"] == "shared-password":
+        return {
+            "JupyterHub": {"authenticator_class": "shared-password"},
+            "Authenticator": common,
+            "SharedPasswordAuthenticator": {"user_password": d.user_password, "admin_password": d.admin_password},
+        }
+    if auth["type"] == "dummy":
+        return {"JupyterHub": {"authenticator_class": "dummy"}, "Authenticator": common}
+    o = auth["oauth"]
+    generic = {k: v for k, v in o.items() if k not in ("username_claim", "manage_groups")}
+    generic["username_claim"] = o.get("username_claim", "preferred_username")
+    if o.get("manage_groups"):
+        generic["manage_groups"] = True
+    return {
+        "JupyterHub": {"authenticator_class": "generic-oauth"},
+        "Authenticator": common,
+        "GenericOAuthenticator": generic,
+    }
+
+
+def group_traits(cfg: dict, d: Deployment) -> Mapping:
+    groups = cfg["users"]["groups"]
+    if not groups:
+        return {}
+    return {"JupyterHub": {"load_groups": {g: {"users": list(m)} for g, m in groups.items()}}}
+
+
+def service_traits(cfg: dict, d: Deployment) -> Mapping:
+    services: list[dict] = []
+    roles: list[dict] = []
+    if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"] and d.spark_home:
+        services += spark_services(cfg["spark"], d.spark_home, d.state_dir, d.python)
+    st = cfg["storage"]
+    if st["enabled"] and not st["endpoint"]:
+        services += ceph_services(st, d.state_dir, d.python)
+    services.append({
+        "name": "idle-culler",
+        "command": [d.python, "-m", "jupyterhub_idle_culler", "--timeout=3600", "--cull-every=300"],
+        "display": False,
+    })
+    roles.append({
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    })
+    if d.admin_token:
+        services.append({"name": "esker-admin", "api_token": d.admin_token, "display": False})
+        roles.append({"name": "esker-admin", "scopes": ["admin:users", "admin:servers", "admin:groups",
+                                                         "read:hub", "read:metrics", "proxy", "tokens"],
+                      "services": ["esker-admin"]})
+    services += d.extra_services
+    return {"JupyterHub": {"services": services, "load_roles": roles}}
+
+
+def course_traits(cfg: dict, d: Deployment, merged: Mapping) -> None:
+    """Courses (docs/courses.md): their groups, their instructors' roles and the esker-courses service,
+    added to what the other parts produced (lists and groups are extended, not replaced)."""
+    # Courses created at run time (the courses service's store) get their instructors' roles at (re)start.
+    courses = effective_courses(cfg, d.state_dir)
+    hub = merged.setdefault("JupyterHub", {})
+    groups = hub.setdefault("load_groups", {})
+    for name, spec in course_groups(cfg, courses).items():
+        have = groups.setdefault(name, {"users": []})["users"]
+        have += [u for u in spec["users"] if u not in have]
+    if not groups:
+        del hub["load_groups"]
+    service, role = courses_service(cfg, d)
+    hub["services"] = [*hub.get("services", []), service]
+    hub["load_roles"] = [*hub.get("load_roles", []), role, *course_roles(cfg, courses)]
+
+
+def to_traitlets(cfg: dict, d: Deployment) -> Mapping:
+    merged: Mapping = {}
+    for part in (hub_traits, spawner_traits, auth_traits, group_traits, service_traits):
+        for cls, traits in part(cfg, d).items():
+            merged.setdefault(cls, {}).update(traits)
+    course_traits(cfg, d, merged)
+    return merged
+
+
+def apply(c, mapping: Mapping) -> None:
+    for cls, traits in mapping.items():
+        section = c[cls]
+        for name, value in traits.items():
+            section[name] = value
+
+
+def apply_kubernetes(c, environ: Mapping | None = None) -> None:
+    """For z2jh's ``hub.extraConfig`` (the chart sets it): add to the Kubernetes hub what the embedded hub gets
+    from to_traitlets and z2jh does not know: the esker-courses service, its role, the course groups and the
+    instructors' roles. Everything else comes from the chart's values."""
+    env = os.environ if environ is None else environ
+    config_file = env.get("ESKER_CONFIG") or str(resources.SHIPPED_CONFIG)
+    state_dir = env.get("ESKER_STATE_DIR") or "/srv/jupyterhub/esker"  # z2jh's hub volume
+    os.makedirs(state_dir, exist_ok=True)
+    cfg = config_mod.load(config_file)
+    d = Deployment(state_dir=state_dir, config_file=config_file, port=0, hub_port=0, proxy_api_port=0,
+                   proxy_command=[])
+    hub = c.JupyterHub
+    merged: Mapping = {"JupyterHub": {"services": list(hub.get("services", [])),
+                                      "load_roles": list(hub.get("load_roles", [])),
+                                      "load_groups": dict(hub.get("load_groups", {}))}}
+    course_traits(cfg.data, d, merged)
+    for service in merged["JupyterHub"]["services"]:
+        if service.get("name") == "esker-courses":
+            service.setdefault("environment", {})["ESKER_COURSES_BACKEND"] = "kubernetes"
+    apply(c, merged)

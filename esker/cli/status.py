@@ -1,0 +1,282 @@
+"""`esker status`: is everything up? The hub, the proxy, the Spark master and workers, the object storage
+gateway, the GPUs and their assignments, and the servers running per profile, at a glance.
+
+Reads the same environment as `esker run` (ESKER_CONFIG, ESKER_STATE_DIR, ESKER_PORT, ESKER_ADMIN_TOKEN),
+and the state directory for the ports and the proxy's token that `esker run` picked. Exits 1 when a
+component that should be up is down; GPUs and servers are reported, not judged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from esker.core import config as config_mod
+
+OK, DOWN, SKIP, INFO = "ok", "down", "skipped", "info"
+
+
+def _get(url: str, timeout: float, headers: dict | None = None) -> tuple[int, bytes]:
+    """HTTP GET: (status, body); an HTTP error status is still an answer."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _why(e: Exception) -> str:
+    reason = getattr(e, "reason", None)
+    return str(reason or e) or type(e).__name__
+
+
+def _state_ports(state_dir: str) -> dict:
+    try:
+        return json.loads((Path(state_dir) / "ports.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def hub_url(cfg, port: int | None = None) -> str:
+    hub = cfg["hub"]
+    host = hub["ip"] if hub["ip"] not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    port = port or int(os.environ.get("ESKER_PORT") or hub["port"])
+    return f"http://{host}:{port}{hub['base_url']}".rstrip("/")
+
+
+def check_hub(cfg, state_dir: str, url: str, timeout: float) -> dict:
+    """The hub's own API port (bypassing the proxy): up when /hub/api/ answers 200."""
+    hub_port = cfg["hub"]["hub_port"] or _state_ports(state_dir).get("hub")
+    base = cfg["hub"]["base_url"].rstrip("/")
+    target = f"http://127.0.0.1:{hub_port}{base}/hub/api/" if hub_port else f"{url}/hub/api/"
+    try:
+        status, body = _get(target, timeout)
+    except Exception as e:  # noqa: BLE001
+        return {"status": DOWN, "url": target, "detail": f"unreachable ({_why(e)})"}
+    if status != 200:
+        return {"status": DOWN, "url": target, "detail": f"answered {status}"}
+    version = json.loads(body or b"{}").get("version", "?")
+    return {"status": OK, "url": target, "version": version, "detail": f"JupyterHub {version}"}
+
+
+def check_proxy(cfg, state_dir: str, url: str, timeout: float) -> dict:
+    """The public side: the hub API through the proxy, and the proxy's own API (route count) when its
+    token is readable (root, or the account that runs the hub)."""
+    out: dict = {"url": url}
+    try:
+        status, _ = _get(f"{url}/hub/api/", timeout)
+    except Exception as e:  # noqa: BLE001
+        return {**out, "status": DOWN, "detail": f"{url} unreachable ({_why(e)})"}
+    if status != 200:
+        return {**out, "status": DOWN, "detail": f"{url}/hub/api/ answered {status} through the proxy"}
+    out.update(status=OK, detail=f"serving {url}")
+    api_port = cfg["hub"]["proxy_api_port"] or _state_ports(state_dir).get("proxy_api")
+    token_file = Path(state_dir) / "secrets" / "proxy_auth_token"
+    token = os.environ.get("CONFIGPROXY_AUTH_TOKEN")
+    if not token:
+        try:
+            token = token_file.read_text().strip()
+        except OSError:
+            token = None
+    if api_port and token:
+        try:
+            st, body = _get(f"http://127.0.0.1:{api_port}/api/routes", timeout,
+                            {"Authorization": f"token {token}"})
+            if st == 200:
+                out["routes"] = len(json.loads(body))
+                out["detail"] += f", {out['routes']} routes"
+        except Exception as e:  # noqa: BLE001
+            out["detail"] += f" (proxy API: {_why(e)})"
+    pid = _pid_alive(Path(state_dir) / "proxy.pid")
+    if pid:
+        out["pid"] = pid
+    return out
+
+
+def check_spark(cfg, timeout: float) -> dict:
+    s = cfg["spark"]
+    if not s["enabled"]:
+        return {"status": SKIP, "detail": "disabled in esker.yaml"}
+    if s["master_url"]:  # an external cluster: is its port open?
+        parsed = urllib.parse.urlparse(s["master_url"])
+        try:
+            with socket.create_connection((parsed.hostname, parsed.port or 7077), timeout=timeout):
+                pass
+            return {"status": OK, "master": s["master_url"], "detail": f"external master {s['master_url']} "
+                    "accepts connections"}
+        except OSError as e:
+            return {"status": DOWN, "master": s["master_url"], "detail": f"external master unreachable ({e})"}
+    from esker.spark.cluster import master_status
+
+    try:
+        st = master_status(s["webui_port"], timeout=timeout)
+    except Exception as e:  # noqa: BLE001
+        return {"status": DOWN, "detail": f"master web UI on 127.0.0.1:{s['webui_port']} unreachable ({_why(e)})",
+                "workers_alive": 0}
+    workers = st.get("workers", [])
+    alive = [w for w in workers if w.get("state") == "ALIVE"]
+    apps = st.get("activeapps", [])
+    out = {
+        "master": st.get("url"), "master_state": st.get("status"),
+        "workers_alive": len(alive), "workers": len(workers),
+        "cores": st.get("cores", 0), "cores_used": st.get("coresused", 0),
+        "memory_mb": st.get("memory", 0), "memory_used_mb": st.get("memoryused", 0),
+        "applications_running": len(apps),
+        "applications": [{"name": a.get("name"), "user": a.get("user"), "cores": a.get("cores")} for a in apps],
+    }
+    ok = st.get("status") == "ALIVE" and alive
+    out["status"] = OK if ok else DOWN
+    out["detail"] = (f"{st.get('url')} {st.get('status')}, {len(alive)}/{len(workers)} workers alive, "
+                     f"{out['cores_used']}/{out['cores']} cores used, {len(apps)} application(s)")
+    if not alive:
+        out["detail"] += " (no alive worker: jobs cannot run)"
+    return out
+
+
+def storage_endpoint(cfg) -> str:
+    s = cfg["storage"]
+    if s["endpoint"]:
+        return s["endpoint"].rstrip("/")
+    port = (s.get("embedded") or {}).get("port", 7480)
+    return f"http://127.0.0.1:{port}"
+
+
+def check_storage(cfg, timeout: float) -> dict:
+    if not cfg["storage"]["enabled"]:
+        return {"status": SKIP, "detail": "object storage disabled in esker.yaml"}
+    endpoint = storage_endpoint(cfg)
+    try:
+        status, _ = _get(endpoint + "/", timeout)
+    except Exception as e:  # noqa: BLE001
+        return {"status": DOWN, "endpoint": endpoint, "detail": f"RGW at {endpoint} unreachable ({_why(e)})"}
+    if status >= 500:
+        return {"status": DOWN, "endpoint": endpoint, "detail": f"RGW at {endpoint} answered {status}"}
+    return {"status": OK, "endpoint": endpoint, "detail": f"RGW at {endpoint} answers (HTTP {status})"}
+
+
+def check_gpus(cfg, state_dir: str) -> dict:
+    from esker.system.gpus import configured_gpus
+
+    gpus = configured_gpus(cfg["gpus"]["devices"])
+    held: dict[str, str] = {}
+    ledger_path = Path(state_dir) / "ledger.sqlite"
+    if ledger_path.exists():
+        from esker.state.ledger import Ledger
+
+        try:
+            held = Ledger(ledger_path).held("gpu")
+        except Exception as e:  # noqa: BLE001
+            return {"status": INFO, "count": len(gpus), "detail": f"{len(gpus)} GPU(s); ledger unreadable ({e})"}
+    assignments = {dev: owner.split("/", 1)[0] for dev, owner in held.items()}
+    detail = f"{len(gpus)} GPU(s), {len(assignments)} assigned"
+    if assignments:
+        detail += ": " + ", ".join(f"{d}->{u}" for d, u in sorted(assignments.items()))
+    return {"status": INFO, "count": len(gpus), "devices": [g.id for g in gpus], "assigned": assignments,
+            "detail": detail}
+
+
+def check_servers(url: str, token: str | None, timeout: float) -> dict:
+    if not token:
+        return {"status": SKIP, "detail": "no admin token (set ESKER_ADMIN_TOKEN or --token) to list servers"}
+    try:
+        status, body = _get(f"{url}/hub/api/users", timeout, {"Authorization": f"token {token}"})
+    except Exception as e:  # noqa: BLE001
+        return {"status": DOWN, "detail": f"cannot list users ({_why(e)})"}
+    if status != 200:
+        return {"status": DOWN, "detail": f"listing users answered {status} (token lacks admin scopes?)"}
+    users = json.loads(body)
+    per_profile: dict[str, int] = {}
+    pending = 0
+    for u in users:
+        for server in (u.get("servers") or {}).values():
+            if server.get("pending") == "spawn" or not server.get("ready"):
+                pending += 1
+                continue
+            profile = (server.get("user_options") or {}).get("profile") or "default"
+            per_profile[profile] = per_profile.get(profile, 0) + 1
+    running = sum(per_profile.values())
+    detail = f"{len(users)} user(s), {running} server(s) running"
+    if per_profile:
+        detail += " (" + ", ".join(f"{p}: {n}" for p, n in sorted(per_profile.items())) + ")"
+    if pending:
+        detail += f", {pending} starting or stopping"
+    return {"status": INFO, "users": len(users), "running": running, "pending": pending,
+            "per_profile": per_profile, "detail": detail}
+
+
+def collect(cfg, state_dir: str, url: str, token: str | None, timeout: float = 3.0) -> dict:
+    t0 = time.monotonic()
+    comps = {
+        "hub": check_hub(cfg, state_dir, url, timeout),
+        "proxy": check_proxy(cfg, state_dir, url, timeout),
+        "spark": check_spark(cfg, timeout),
+        "storage": check_storage(cfg, timeout),
+        "gpus": check_gpus(cfg, state_dir),
+        "servers": check_servers(url, token, timeout),
+    }
+    down = [name for name, c in comps.items() if c["status"] == DOWN]
+    return {"ok": not down, "down": down, "url": url, "state_dir": state_dir, "config": str(cfg.source),
+            "checked_in_s": round(time.monotonic() - t0, 3), "components": comps}
+
+
+def render(report: dict) -> str:
+    mark = {OK: "OK  ", DOWN: "DOWN", SKIP: "--  ", INFO: "    "}
+    lines = [f"Esker at {report['url']}   (state {report['state_dir']})"]
+    for name, c in report["components"].items():
+        lines.append(f"  {mark[c['status']]}  {name:<8} {c.get('detail', '')}")
+    lines.append("All components up." if report["ok"] else f"DOWN: {', '.join(report['down'])}")
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    from esker.runtime import default_state_dir
+
+    if args.config:
+        os.environ["ESKER_CONFIG"] = str(Path(args.config).resolve())
+    try:
+        cfg = config_mod.load(os.environ.get("ESKER_CONFIG"))
+    except config_mod.ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    state_dir = args.state_dir or default_state_dir()
+    url = (args.url or hub_url(cfg)).rstrip("/")
+    token = args.token or os.environ.get("ESKER_ADMIN_TOKEN")
+    report = collect(cfg, state_dir, url, token, timeout=args.timeout)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0 if report["ok"] else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "status",
+        help="show whether the hub, proxy, Spark, object storage, GPUs and servers are up",
+        description="Check the hub (its API), the proxy (the public URL and its API), the Spark master and "
+        "workers (the master's JSON), the Ceph RADOS Gateway when object storage is enabled, the GPUs with "
+        "their assignments (ledger), and the servers running per profile (hub API, needs an admin token). "
+        "Environment: ESKER_CONFIG, ESKER_STATE_DIR, ESKER_PORT, ESKER_ADMIN_TOKEN. "
+        "Exit status: 0 all up, 1 something is down, 2 the configuration is invalid.",
+    )
+    p.add_argument("--config", help="config file (default: $ESKER_CONFIG or the shipped esker.yaml)")
+    p.add_argument("--state-dir", help="state directory (default: $ESKER_STATE_DIR, /var/lib/esker as root)")
+    p.add_argument("--url", help="the hub's public URL (default: from esker.yaml and $ESKER_PORT)")
+    p.add_argument("--token", help="admin API token (default: $ESKER_ADMIN_TOKEN)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each component (default 3)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_status)

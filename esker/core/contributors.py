@@ -1,0 +1,130 @@
+"""What each service adds to a server's environment: pure functions of the selection, its placement and
+the site, the same in both modes (a test compares the two for every profile and choice).
+
+A contributor is ``(selection, placement, site) -> {VAR: value}``. Services that prepare something before
+start (S3 keys, course content, GPUs) hand it over as a *grant* in ``placement.grants[<service>]``; the
+contributor turns the grant into variables, so what a server sees never depends on which backend ran it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from esker.units import spark_size
+
+if TYPE_CHECKING:  # the plan's types, for annotations only: plan.py imports this module
+    from esker.core.plan import Placement, Selection, Site
+
+# A contributor adds environment variables for a selection and its placement. Services (Spark, scratch,
+# GPUs, object storage, courses) each provide one; they must be pure.
+Contributor = Callable[["Selection", "Placement", "Site"], Mapping[str, str]]
+
+
+def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    """The spark defaults a session gets, so ``SparkSession.builder.getOrCreate()`` needs no config."""
+    s = site.spark
+    assert s is not None
+    conf = {
+        "spark.master": s.master_url,
+        "spark.driver.host": s.driver_host,
+        "spark.driver.bindAddress": s.driver_host if site.mode == "embedded" else "0.0.0.0",
+        "spark.local.dir": f"{placement.scratch_dir}/spark",
+        "spark.cores.max": str(s.cores_per_user),
+        "spark.executor.cores": str(min(s.cores_per_user, 1) or 1),
+        "spark.executor.memory": spark_size(s.executor_memory),
+        "spark.driver.memory": spark_size(s.driver_memory),
+        "spark.app.name": f"esker-{sel.user.name}",
+        "spark.pyspark.python": placement.python,
+        # The per-session UI would listen on a port of its own; in embedded mode keep it on loopback.
+        "spark.ui.enabled": "false" if site.mode == "embedded" else "true",
+    }
+    storage = placement.grants.get("storage")
+    if storage:
+        conf.update(
+            {
+                "spark.hadoop.fs.s3a.endpoint": storage["endpoint"],
+                "spark.hadoop.fs.s3a.path.style.access": "true",
+                "spark.hadoop.fs.s3a.access.key": storage["access_key"],
+                "spark.hadoop.fs.s3a.secret.key": storage["secret_key"],
+                "spark.hadoop.fs.s3a.connection.ssl.enabled": str(storage["endpoint"].startswith("https")).lower(),
+            }
+        )
+    conf.update(s.extra_conf)
+    return conf
+
+
+def profile_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    return {
+        "ESKER_PROFILE": sel.profile.slug,
+        "ESKER_ENVIRONMENT": sel.environment,
+        "ESKER_CPU_LIMIT": f"{sel.cpu_limit:g}",
+        "ESKER_MEM_LIMIT": str(sel.mem_limit),
+    }
+
+
+def scratch_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    return {
+        "SCRATCH_DIR": placement.scratch_dir,
+        "TMPDIR": f"{placement.scratch_dir}/tmp",
+        "ESKER_SCRATCH_SIZE": str(sel.scratch_size),
+    }
+
+
+def gpu_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    # Always set: an empty CUDA_VISIBLE_DEVICES hides every GPU from a server that was given none.
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(placement.gpu_devices), "ESKER_GPUS": str(len(placement.gpu_devices))}
+    if sel.gpu_type:
+        env["ESKER_GPU_TYPE"] = sel.gpu_type
+    return env
+
+
+def spark_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    if not (sel.profile.spark and site.spark):
+        return {}
+    conf = spark_conf(sel, placement, site)
+    args = ["--master", conf["spark.master"]]
+    for k, v in conf.items():
+        if k != "spark.master":
+            args += ["--conf", f"{k}={v}"]
+    return {
+        "SPARK_MASTER": conf["spark.master"],
+        "PYSPARK_PYTHON": placement.python,
+        # pyspark reads this when it launches the JVM: every session gets the defaults with no code.
+        "PYSPARK_SUBMIT_ARGS": shlex.join(args + ["pyspark-shell"]),
+    }
+
+
+def storage_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    s = placement.grants.get("storage")
+    if not s:
+        return {}
+    env = {
+        "AWS_ENDPOINT_URL": s["endpoint"],
+        "S3_ENDPOINT_URL": s["endpoint"],
+        "AWS_ACCESS_KEY_ID": s["access_key"],
+        "AWS_SECRET_ACCESS_KEY": s["secret_key"],
+        "AWS_DEFAULT_REGION": s.get("region", "default"),
+        "ESKER_BUCKET": s["bucket"],
+    }
+    if s.get("datasets"):
+        env["ESKER_DATASETS"] = s["datasets"]
+    return env
+
+
+def course_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    """The user's courses (grant ``courses``): ESKER_COURSES (comma list), ESKER_COURSE and ESKER_COURSE_DIR
+    (the first), ESKER_COURSE_ROLE=instructor for someone who teaches one of them."""
+    c = placement.grants.get("courses")
+    if not c or not c.get("names"):
+        return {}
+    names = c["names"].split(",")
+    env = {"ESKER_COURSES": c["names"], "ESKER_COURSE": names[0]}
+    if placement.home:
+        env["ESKER_COURSE_DIR"] = f"{placement.home.rstrip('/')}/{names[0]}"
+    if c.get("role"):
+        env["ESKER_COURSE_ROLE"] = c["role"]
+    return env
+
+
+DEFAULT_CONTRIBUTORS: tuple[Contributor, ...] = (profile_env, scratch_env, gpu_env, spark_env, storage_env, course_env)

@@ -1,0 +1,467 @@
+"""Esker's Prometheus metrics, in prometheus_client's default REGISTRY.
+
+JupyterHub serves that registry at ``/hub/metrics`` (behind its own auth: a token with the ``read:metrics``
+scope, unless ``JupyterHub.authenticate_prometheus`` is False), so everything defined here appears next to
+JupyterHub's own ``jupyterhub_*`` metrics with no endpoint of our own.
+
+Two kinds of figures:
+
+* **Events** the spawner reports through the small functions below (``spawn_started``,
+  ``spawn_finished``, ``spawn_refused``, ``server_running``, ``server_stopped``, ``gpu_assigned``,
+  ``gpu_released``, ``scratch_measured``, ``scratch_cleared``, ``s3_provisioning_failed``). They never
+  raise: a metrics bug must not fail a spawn.
+* **State read at scrape time** by collectors that ``install()`` registers once per hub process: GPU
+  assignments from the allocation ledger (so they are right after a hub restart) joined with NVML
+  utilisation, running servers per profile, and the embedded Spark master's ``/json/`` (fetched in a
+  background thread with a short timeout and cached, so a scrape never waits on Spark).
+
+Label values are bounded: profiles are the catalog's slugs (anything else is reported as ``other``, so a
+forged spawn request cannot create series), users are the hub's users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from typing import Callable, Iterable
+
+from esker import resources
+from esker.runtime import default_state_dir, get_runtime
+from esker.spark.cluster import master_status
+from esker.system.gpus import usage_by_device
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("esker.metrics")
+
+# Why a spawn failed. Kept small on purpose: dashboards and alerts group by it.
+REASONS = ("options", "no_gpu", "environment", "storage", "timeout", "error")
+OUTCOMES = ("success", "failure")
+# Spawns take from ~2 s (a warm minimal environment) to minutes (first build of an environment).
+SPAWN_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, float("inf"))
+
+SPAWN_DURATION = Histogram(
+    "esker_spawn_duration_seconds",
+    "Seconds from the start of a spawn to the server answering (success) or the spawn giving up (failure), "
+    "per profile. Refusals before anything started (bad options) are not observed here, only counted in "
+    "esker_spawn_failures_total.",
+    ["profile", "outcome"],
+    buckets=SPAWN_BUCKETS,
+)
+SPAWN_FAILURES = Counter(
+    "esker_spawn_failures",
+    "Spawns refused or failed, per profile and reason: options (a request the catalog refuses), no_gpu "
+    "(no free GPU), environment (building the profile's environment failed), storage (object storage "
+    "required and unavailable), timeout, error (anything else).",
+    ["profile", "reason"],
+)
+SPAWNS_IN_PROGRESS = Gauge(
+    "esker_spawns_in_progress",
+    "Spawns started and not finished yet, per profile.",
+    ["profile"],
+)
+SCRATCH_USED = Gauge(
+    "esker_scratch_used_bytes",
+    "Bytes a user's scratch directory occupies on disk, at the spawner's last measurement "
+    "(every EskerLocalSpawner.scratch_check_interval seconds while the server runs).",
+    ["user"],
+)
+S3_ERRORS = Counter(
+    "esker_s3_provisioning_errors",
+    "Times preparing a user's object storage (RGW user, keys, bucket) failed during a spawn.",
+)
+RESERVATIONS = Gauge(
+    "esker_reservations",
+    "Reservations of seats or GPUs (workshops, courses). Not implemented yet (reservations are a separate "
+    "issue): always 0 until they are.",
+)
+SEATS_IN_USE = Gauge(
+    "esker_seats_in_use",
+    "Reserved seats currently taken by a running server. Not implemented yet (reservations are a separate "
+    "issue): always 0 until they are.",
+)
+RESERVATIONS.set(0)
+SEATS_IN_USE.set(0)
+
+_lock = threading.Lock()
+_known_profiles: set[str] = set()
+_live_servers: dict[str, str] = {}  # "user/server" -> profile
+_gpu_holders: dict[str, tuple[str, ...]] = {}  # user -> devices, as reported by the spawner
+_SAFE_LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+
+
+def profile_label(profile: str | None) -> str:
+    """The catalog slug, or ``other`` for anything the catalog does not know (bounded cardinality)."""
+    p = (profile or "").strip()
+    if _known_profiles:
+        return p if p in _known_profiles else "other"
+    return p if _SAFE_LABEL.match(p) else "other"
+
+
+def _safe(fn):
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except Exception:  # noqa: BLE001 - metrics must never break a spawn
+            log.exception("metrics: %s failed", fn.__name__)
+            return None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+# -- events the spawner reports ---------------------------------------------------------------------
+@_safe
+def spawn_started(profile: str) -> float:
+    """A spawn began; returns its start time (``time.monotonic()``) for ``spawn_finished``."""
+    SPAWNS_IN_PROGRESS.labels(profile_label(profile)).inc()
+    return time.monotonic()
+
+
+@_safe
+def spawn_finished(profile: str, outcome: str, seconds: float, reason: str | None = None) -> None:
+    """A spawn ended: ``outcome`` is success or failure; a failure has a ``reason`` (see REASONS)."""
+    p = profile_label(profile)
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, not {outcome!r}")
+    g = SPAWNS_IN_PROGRESS.labels(p)
+    g.set(max(0.0, g._value.get() - 1))  # never below 0, even for a spawn started before a restart
+    SPAWN_DURATION.labels(p, outcome).observe(max(0.0, float(seconds)))
+    if outcome == "failure":
+        SPAWN_FAILURES.labels(p, reason if reason in REASONS else "error").inc()
+
+
+@_safe
+def spawn_refused(profile: str, reason: str) -> None:
+    """A spawn refused before it started (e.g. options the catalog rejects): counted, not timed."""
+    SPAWN_FAILURES.labels(profile_label(profile), reason if reason in REASONS else "error").inc()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Map an exception from a spawn to one of REASONS."""
+    from tornado import web
+
+    name = type(exc).__name__
+    msg = str(getattr(exc, "log_message", None) or exc)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, asyncio.CancelledError)):
+        return "timeout"  # JupyterHub cancels start() when Spawner.start_timeout passes
+    if name == "NoCapacity" or "GPU" in msg and ("free" in msg or "cannot start" in msg):
+        return "no_gpu"
+    if name == "OptionError":
+        return "options"
+    if name.startswith("Storage") or "bject storage" in msg:
+        return "storage"
+    if isinstance(exc, web.HTTPError) and 400 <= exc.status_code < 500 and exc.status_code != 408:
+        return "options"
+    if "environment" in msg.lower() or "requirements" in msg or "lock file" in msg:
+        return "environment"  # EnvironmentBuilder: "Creating the X environment failed", "... from requirements.lock"
+    return "error"
+
+
+def watch_ready(spawner, profile: str, started: float, key: str | None = None, poll: float = 0.25) -> "asyncio.Task":
+    """After ``Spawner.start()`` returns, JupyterHub still waits for the server to answer over HTTP.
+
+    This task waits for that too (``spawner.pending`` goes from 'spawn' to nothing) and then records the
+    spawn's outcome: success when the server is ready, else failure (timeout when it took at least
+    ``Spawner.http_timeout``). With ``key`` ("user/server") a ready server is counted as running."""
+
+    async def wait():
+        try:
+            # _spawn_pending is set by JupyterHub before start() and cleared when the server answers or gives up
+            while getattr(spawner, "_spawn_pending", False) or getattr(spawner, "_start_pending", False):
+                await asyncio.sleep(poll)
+            seconds = time.monotonic() - started
+            if spawner.ready:
+                spawn_finished(profile, "success", seconds)
+                if key:
+                    server_running(key, profile)
+            else:
+                timeout = getattr(spawner, "http_timeout", 0) or 0
+                spawn_finished(profile, "failure", seconds,
+                               "timeout" if timeout and seconds >= timeout else "error")
+        except Exception:  # noqa: BLE001
+            log.exception("metrics: watching a spawn failed")
+
+    return asyncio.ensure_future(wait())
+
+
+@_safe
+def server_running(key: str, profile: str) -> None:
+    """The server ``user/name`` runs ``profile`` (idempotent: call it on every good poll)."""
+    with _lock:
+        _live_servers[key] = profile_label(profile)
+
+
+@_safe
+def server_stopped(key: str) -> None:
+    """The server ``user/name`` is gone (idempotent)."""
+    with _lock:
+        _live_servers.pop(key, None)
+
+
+@_safe
+def gpu_assigned(owner: str, devices: Iterable[str]) -> None:
+    """``owner`` ("user" or "user/server") now holds ``devices``. The ledger is read at scrape time as well
+    (it survives hub restarts); this makes an assignment visible even where no ledger is reachable."""
+    with _lock:
+        _gpu_holders[owner] = tuple(str(d) for d in devices)
+
+
+@_safe
+def gpu_released(owner: str) -> None:
+    with _lock:
+        _gpu_holders.pop(owner, None)
+
+
+@_safe
+def scratch_measured(user: str, used_bytes: int) -> None:
+    SCRATCH_USED.labels(user).set(int(used_bytes))
+
+
+@_safe
+def scratch_cleared(user: str) -> None:
+    """The user's server stopped: drop the series (their scratch is no longer measured)."""
+    try:
+        SCRATCH_USED.remove(user)
+    except KeyError:
+        pass
+
+
+@_safe
+def s3_provisioning_failed() -> None:
+    S3_ERRORS.inc()
+
+
+# -- state read at scrape time ----------------------------------------------------------------------
+def _user_of(owner: str) -> str:
+    return owner.split("/", 1)[0]
+
+
+class ServersCollector(Collector):
+    """esker_servers_running{profile}: servers the spawner saw running, every catalog profile listed."""
+
+    def collect(self):
+        g = GaugeMetricFamily("esker_servers_running", "User servers running, per profile.", labels=["profile"])
+        with _lock:
+            counts = {p: 0 for p in _known_profiles}
+            for p in _live_servers.values():
+                counts[p] = counts.get(p, 0) + 1
+        for p, n in sorted(counts.items()):
+            g.add_metric([p], n)
+        yield g
+
+
+class GpuCollector(Collector):
+    """GPU assignments per user (ledger and spawner reports) and, where NVML exists, their utilisation."""
+
+    def __init__(self, ledger_getter: Callable[[], object | None], usage: Callable[[], dict] | None = None):
+        self._ledger = ledger_getter
+        self._usage = usage
+
+    def assignments(self) -> set[tuple[str, str]]:
+        pairs: set[tuple[str, str]] = set()
+        try:
+            ledger = self._ledger()
+            if ledger is not None:
+                pairs |= {(_user_of(owner), item) for item, owner in ledger.held("gpu").items()}
+        except Exception as e:  # noqa: BLE001
+            log.warning("metrics: cannot read the GPU ledger: %s", e)
+        with _lock:
+            pairs |= {(_user_of(o), d) for o, devs in _gpu_holders.items() for d in devs}
+        return pairs
+
+    def collect(self):
+        pairs = sorted(self.assignments())
+        assigned = GaugeMetricFamily("esker_gpu_assigned", "1 for each GPU device assigned to a user's server.",
+                                     labels=["user", "device"])
+        for user, dev in pairs:
+            assigned.add_metric([user, dev], 1)
+        yield assigned
+        usage = {}
+        if self._usage is not None:
+            try:
+                usage = self._usage() or {}
+            except Exception as e:  # noqa: BLE001
+                log.warning("metrics: NVML failed: %s", e)
+        if not usage:
+            return  # no NVML (no driver): the series are absent rather than zero
+        util = GaugeMetricFamily("esker_gpu_utilization_ratio",
+                                 "GPU utilisation (0..1, NVML) of devices assigned to a user's server.",
+                                 labels=["user", "device"])
+        mem = GaugeMetricFamily("esker_gpu_memory_used_bytes",
+                                "GPU memory used (NVML) on devices assigned to a user's server.",
+                                labels=["user", "device"])
+        for user, dev in pairs:
+            u = usage.get(dev)
+            if u is None:
+                continue
+            util.add_metric([user, dev], u.get("utilization", 0.0) / 100.0)
+            mem.add_metric([user, dev], u.get("memory_used", 0.0))
+        yield util
+        yield mem
+
+
+class SparkCollector(Collector):
+    """The embedded Spark master's /json/ as metrics; fetched off the scrape path and cached."""
+
+    def __init__(self, webui_port: int, interval: float = 15.0, timeout: float = 2.0,
+                 fetch: Callable[[int, float], dict] | None = None):
+        self.webui_port = webui_port
+        self.interval = interval
+        self.timeout = timeout
+        self._fetch = fetch
+        self._status: dict | None = None
+        self._fetched_at = 0.0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        try:
+            if self._fetch is not None:
+                status = self._fetch(self.webui_port, self.timeout)
+            else:
+                status = master_status(self.webui_port, timeout=self.timeout)
+        except Exception as e:  # noqa: BLE001 - a down master is a figure (up=0), not an error
+            log.debug("metrics: Spark master on %s: %s", self.webui_port, e)
+            status = None
+        with self._lock:
+            self._status = status
+            self._fetched_at = time.monotonic()
+
+    def status(self) -> dict | None:
+        """The cached status; refreshed in a background thread when older than ``interval``.
+        The first call waits (at most ``timeout``) so the first scrape has figures."""
+        with self._lock:
+            stale = time.monotonic() - self._fetched_at >= self.interval
+            first = self._fetched_at == 0.0
+            if stale and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(target=self._refresh, name="esker-spark-metrics", daemon=True)
+                self._thread.start()
+            thread = self._thread
+        if first and thread is not None:
+            thread.join(self.timeout + 0.5)
+        with self._lock:
+            return self._status
+
+    def collect(self):
+        s = self.status()
+        up = GaugeMetricFamily("esker_spark_master_up",
+                               "1 when the embedded Spark master answers on its web UI and reports ALIVE.")
+        up.add_metric([], 1 if s and s.get("status", "ALIVE") == "ALIVE" else 0)
+        yield up
+        if not s:
+            return
+        workers = GaugeMetricFamily("esker_spark_workers", "Spark workers known to the master, per state.",
+                                    labels=["state"])
+        states: dict[str, int] = {"ALIVE": 0, "DEAD": 0}
+        for w in s.get("workers", []):
+            states[w.get("state", "UNKNOWN")] = states.get(w.get("state", "UNKNOWN"), 0) + 1
+        for st, n in sorted(states.items()):
+            workers.add_metric([st.lower()], n)
+        yield workers
+        for name, key, help_ in (
+            ("esker_spark_cores", "cores", "Cores of the alive Spark workers."),
+            ("esker_spark_cores_used", "coresused", "Cores held by running Spark applications."),
+        ):
+            g = GaugeMetricFamily(name, help_)
+            g.add_metric([], float(s.get(key, 0)))
+            yield g
+        for name, key, help_ in (
+            ("esker_spark_memory_bytes", "memory", "Memory of the alive Spark workers."),
+            ("esker_spark_memory_used_bytes", "memoryused", "Memory held by running Spark applications."),
+        ):
+            g = GaugeMetricFamily(name, help_)
+            g.add_metric([], float(s.get(key, 0)) * 1024 * 1024)  # the master reports MB
+            yield g
+        apps = GaugeMetricFamily("esker_spark_applications",
+                                 "Spark applications the master lists as active, per state (running, waiting).",
+                                 labels=["state"])
+        app_states = {"running": 0, "waiting": 0}
+        per_user: dict[str, float] = {}
+        for a in s.get("activeapps", []):
+            st = str(a.get("state", "RUNNING")).lower()
+            app_states[st] = app_states.get(st, 0) + 1
+            per_user[a.get("user", "")] = per_user.get(a.get("user", ""), 0) + float(a.get("cores", 0))
+        for st, n in sorted(app_states.items()):
+            apps.add_metric([st], n)
+        yield apps
+        done = GaugeMetricFamily("esker_spark_applications_completed",
+                                 "Completed Spark applications the master still lists "
+                                 "(spark.deploy.retainedApplications, 200 by default).")
+        done.add_metric([], len(s.get("completedapps", [])))
+        yield done
+        cores = GaugeMetricFamily("esker_spark_application_cores",
+                                  "Cores held by active Spark applications, per system account of the driver.",
+                                  labels=["user"])
+        for user, n in sorted(per_user.items()):
+            cores.add_metric([user], n)
+        yield cores
+
+
+# -- installation ---------------------------------------------------------------------------------
+_installed: dict[str, Collector] = {}
+
+
+def _hub_runtime():
+    """The runtime jupyterhub_config.py built for this hub process (same arguments, same cached object)."""
+    return get_runtime(str(resources.default_config()), default_state_dir())
+
+
+def install(runtime=None, registry=REGISTRY, spark_interval: float = 15.0) -> dict[str, Collector]:
+    """Register the scrape-time collectors once per process and list the catalog's profiles with 0.
+
+    ``runtime`` defaults to the hub's own (from $ESKER_CONFIG and $ESKER_STATE_DIR); idempotent."""
+    with _lock:
+        if _installed:
+            return _installed
+    try:
+        rt = runtime if runtime is not None else _hub_runtime()
+    except Exception as e:  # noqa: BLE001 - no config here: only the event metrics work
+        log.warning("metrics: no Esker runtime (%s); collectors not installed", e)
+        return {}
+    slugs = [p.slug for p in rt.catalog.profiles]
+    with _lock:
+        _known_profiles.update(slugs)
+    for slug in slugs:  # counters and histograms start at 0 so rate() and increase() see the first event
+        SPAWNS_IN_PROGRESS.labels(slug)
+        for outcome in OUTCOMES:
+            SPAWN_DURATION.labels(slug, outcome)
+        for reason in REASONS:
+            SPAWN_FAILURES.labels(slug, reason)
+    collectors: dict[str, Collector] = {
+        "servers": ServersCollector(),
+        "gpus": GpuCollector(lambda: rt.ledger, usage_by_device),  # NVML absent: {} and no usage series
+    }
+    spark = rt.config["spark"]
+    if spark["enabled"] and not spark["master_url"]:
+        collectors["spark"] = SparkCollector(spark["webui_port"], interval=spark_interval)
+    for c in collectors.values():
+        registry.register(c)
+    with _lock:
+        _installed.update(collectors)
+    return _installed
+
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+
+def metric_names(registry=REGISTRY) -> set[str]:
+    """Every sample name the registry can expose (histogram _bucket/_sum/_count, counter _total ...),
+    including families that have no sample at the moment (no GPU assigned, Spark down)."""
+    names = set()
+    for fam in registry.collect():
+        names.update(fam.name + suffix for suffix in _SUFFIXES.get(fam.type, ("",)))
+        names.update(s.name for s in fam.samples)
+    return names

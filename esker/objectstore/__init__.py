@@ -1,0 +1,1 @@
+"""Object storage: names and policies (pure), the RGW Admin Ops and S3 clients, the single-node Ceph, and the per-user identity service."""

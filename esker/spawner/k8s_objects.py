@@ -1,0 +1,433 @@
+"""Launch plan -> Kubernetes pieces. Pure functions returning plain dicts (camelCase, as the API takes them).
+
+Nothing here talks to a cluster or reads a file: :mod:`esker.spawner.kubernetes` resolves names and
+configuration through KubeSpawner and hands them in, and the tests check the results as data (and with
+``kubernetes-validate --strict``).
+
+The environment a pod gets is exactly ``plan.env``: :func:`container_env` is that, sorted, and
+:func:`kubespawner_environment` is the same values escaped for KubeSpawner's ``environment`` trait (which
+expands ``{username}``-style templates) and for Kubernetes (which expands ``$(VAR)``), so what the process
+sees is byte for byte what :func:`esker.core.plan.build_plan` computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from esker.core.catalog import Catalog
+from esker.core.plan import LaunchPlan, Placement, Selection, Site, SparkSite
+
+LABEL_PREFIX = "esker.io"
+SERVER_LABEL = f"{LABEL_PREFIX}/server"  # the notebook pod's name: unique per server, a valid label value
+USER_LABEL = f"{LABEL_PREFIX}/user"
+SCRATCH_VOLUME = "esker-scratch"
+
+# Spark on Kubernetes: the API server as seen from inside the cluster, and the fixed ports the driver (the
+# notebook pod) listens on for executors. Fixed so the headless Service and the chart's NetworkPolicy can
+# name them; the chart's values must agree (a test checks).
+K8S_SPARK_MASTER = "k8s://https://kubernetes.default.svc"
+SPARK_DRIVER_PORT = 7078
+SPARK_BLOCK_MANAGER_PORT = 7079
+SPARK_UI_PORT = 4040
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+# -- names --------------------------------------------------------------------------------------------
+
+
+def _fit(name: str, limit: int) -> str:
+    """``name`` if it fits in ``limit`` characters, else a truncated prefix plus a short hash (stable)."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Kubernetes names of one server, as KubeSpawner resolved them (``pod`` is its ``pod_name``)."""
+
+    namespace: str
+    pod: str
+    user_slug: str  # KubeSpawner's safe slug of the user name: a valid label value and path segment
+
+    @property
+    def driver_service(self) -> str:
+        return _fit(f"{self.pod}-spark", 63)
+
+    @property
+    def service_account(self) -> str:
+        return _fit(f"{self.pod}-spark", 253)
+
+    @property
+    def executor_prefix(self) -> str:
+        # Spark names executors <prefix>-exec-<n>; it requires the prefix to be at most 47 characters.
+        return _fit(self.pod, 47)
+
+    @property
+    def driver_host(self) -> str:
+        # Resolves from any pod through the default search path, whatever the cluster domain is.
+        return f"{self.driver_service}.{self.namespace}.svc"
+
+
+def server_labels(names: Names) -> dict[str, str]:
+    """Labels Esker adds to the notebook pod and to everything it creates for that server."""
+    return {SERVER_LABEL: names.pod, USER_LABEL: names.user_slug}
+
+
+# -- the container ------------------------------------------------------------------------------------
+
+
+def _k8s_escape(value: str) -> str:
+    # Kubernetes expands $(VAR) in env values; $$( is its escape for a literal $(.
+    return value.replace("$(", "$$(")
+
+
+def container_env(plan: LaunchPlan) -> list[dict[str, str]]:
+    """``plan.env``, sorted by name, as V1EnvVar-shaped dicts."""
+    return [{"name": k, "value": _k8s_escape(plan.env[k])} for k in sorted(plan.env)]
+
+
+def kubespawner_environment(plan: LaunchPlan) -> dict[str, str]:
+    """``plan.env`` for KubeSpawner's ``environment`` trait, which formats values as templates
+    (``{username}``): braces are doubled so the template renders back to the exact value."""
+    return {e["name"]: e["value"].replace("{", "{{").replace("}", "}}") for e in container_env(plan)}
+
+
+def _cpu(cores: float) -> str:
+    return str(int(cores)) if float(cores).is_integer() else f"{round(cores * 1000)}m"
+
+
+def resources(plan: LaunchPlan, cfg: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Requests and limits. Requests equal limits (what Kubernetes defaults them to when only limits are
+    given, written out); GPUs are an extended resource, which Kubernetes only takes as a limit."""
+    limits = {"cpu": _cpu(plan.cpu_limit), "memory": str(plan.mem_limit)}
+    if plan.gpus:
+        limits[cfg["gpus"]["resource_name"]] = str(plan.gpus)
+    requests = {"cpu": limits["cpu"], "memory": limits["memory"]}
+    return {"requests": requests, "limits": limits}
+
+
+def gpu_scheduling(plan: LaunchPlan, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Node selector and tolerations for the plan's GPU type; nothing for a server without GPUs, so a
+    CPU-only choice of a GPU profile does not occupy a GPU node."""
+    if not plan.gpus or not plan.gpu_type:
+        return {"node_selector": {}, "tolerations": []}
+    gpu_type = cfg["gpus"]["types"][plan.gpu_type]
+    return {
+        "node_selector": dict(gpu_type.get("node_selector", {})),
+        "tolerations": [dict(t) for t in gpu_type.get("tolerations", [])],
+    }
+
+
+def scratch_volume(plan: LaunchPlan, cfg: Mapping[str, Any], names: Names) -> tuple[dict, dict]:
+    """The per-user scratch volume and its mount.
+
+    With ``scratch.kubernetes.storage_class`` set: a generic ephemeral volume, so Kubernetes creates a PVC
+    of ``plan.scratch_size`` on that (node-local, NVMe) class with the pod and deletes it with the pod.
+    With ``storage_class: null``: a hostPath directory per user under ``host_path_root``; it has no quota
+    and outlives the pod (``scratch_keep: false`` is not enforced in this mode).
+    """
+    k = cfg["scratch"]["kubernetes"]
+    if k["storage_class"]:
+        volume = {
+            "name": SCRATCH_VOLUME,
+            "ephemeral": {
+                "volumeClaimTemplate": {
+                    "metadata": {"labels": server_labels(names)},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": k["storage_class"],
+                        "resources": {"requests": {"storage": str(plan.scratch_size)}},
+                    },
+                }
+            },
+        }
+    else:
+        root = k["host_path_root"].rstrip("/")
+        volume = {
+            "name": SCRATCH_VOLUME,
+            "hostPath": {"path": f"{root}/{names.user_slug}", "type": "DirectoryOrCreate"},
+        }
+    return volume, {"name": SCRATCH_VOLUME, "mountPath": k["mount_path"]}
+
+
+def ephemeral_pvcs(pod: Mapping[str, Any]) -> list[dict]:
+    """The PVCs Kubernetes will create for a pod's generic ephemeral volumes (named ``<pod>-<volume>``,
+    owned by the pod), for previews and validation."""
+    out = []
+    meta = pod["metadata"]
+    for vol in pod["spec"].get("volumes") or []:
+        template = vol.get("ephemeral", {}).get("volumeClaimTemplate")
+        if not template:
+            continue
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    **template.get("metadata", {}),
+                    "name": f"{meta['name']}-{vol['name']}",
+                    "namespace": meta.get("namespace"),
+                    "ownerReferences": [
+                        {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta.get("uid") or "<pod uid>",
+                         "controller": True, "blockOwnerDeletion": True}
+                    ],
+                },
+                "spec": template["spec"],
+            }
+        )
+    return out
+
+
+def kubernetes_placement(
+    sel: Selection, cfg: Mapping[str, Any], grants: Mapping[str, Mapping[str, str]] | None = None
+) -> Placement:
+    """Where a selection lands on Kubernetes: scratch at the mount path, and GPUs numbered from 0 (the
+    device plugin exposes only the assigned devices inside the container)."""
+    return Placement(
+        scratch_dir=cfg["scratch"]["kubernetes"]["mount_path"].rstrip("/") or "/",
+        gpu_devices=tuple(str(i) for i in range(sel.gpus)),
+        grants=MappingProxyType(dict(grants or {})),
+    )
+
+
+# -- Spark ---------------------------------------------------------------------------------------------
+
+
+def spark_mode(cfg: Mapping[str, Any]) -> str | None:
+    """``kubernetes`` (executors are pods), ``standalone`` (the chart's master and workers), or None."""
+    return cfg["kubernetes"]["spark_mode"] if cfg["spark"]["enabled"] else None
+
+
+def spark_k8s_conf(names: Names, image: str, cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Spark defaults for a driver in the notebook pod (client mode) whose executors are pods."""
+    prefix = "spark.kubernetes.executor.label."
+    return {
+        "spark.kubernetes.namespace": names.namespace,
+        "spark.kubernetes.container.image": image,
+        "spark.kubernetes.container.image.pullPolicy": "IfNotPresent",
+        # Executors get an ownerReference to this pod, so deleting the server garbage-collects them.
+        "spark.kubernetes.driver.pod.name": names.pod,
+        "spark.kubernetes.executor.podNamePrefix": names.executor_prefix,
+        prefix + SERVER_LABEL: names.pod,
+        prefix + USER_LABEL: names.user_slug,
+        "spark.kubernetes.authenticate.caCertFile": f"{SA_DIR}/ca.crt",
+        "spark.kubernetes.authenticate.oauthTokenFile": f"{SA_DIR}/token",
+        # spark.cores.max means nothing to the Kubernetes scheduler backend: cap executors instead, and
+        # give them back when a notebook sits idle.
+        "spark.dynamicAllocation.enabled": "true",
+        "spark.dynamicAllocation.shuffleTracking.enabled": "true",
+        "spark.dynamicAllocation.minExecutors": "0",
+        "spark.dynamicAllocation.maxExecutors": str(cfg["spark"]["cores_per_user"]),
+        "spark.dynamicAllocation.executorIdleTimeout": "120s",
+    }
+
+
+def kubernetes_site(cfg: Mapping[str, Any], names: Names, image: str) -> Site:
+    """The plan's Site for a server on Kubernetes. Built per server: the driver's address is its own."""
+    mode = spark_mode(cfg)
+    if mode is None:
+        return Site(mode="kubernetes")
+    spark = cfg["spark"]
+    conf = {"spark.driver.port": str(SPARK_DRIVER_PORT), "spark.driver.blockManager.port": str(SPARK_BLOCK_MANAGER_PORT)}
+    if mode == "kubernetes":
+        master = K8S_SPARK_MASTER
+        conf.update(spark_k8s_conf(names, image, cfg))
+    else:
+        master = spark["master_url"] or cfg["kubernetes"]["spark_master_service"]
+    return Site(
+        mode="kubernetes",
+        spark=SparkSite(
+            master_url=master,
+            cores_per_user=spark["cores_per_user"],
+            executor_memory=spark["executor_memory"],
+            driver_memory=spark["driver_memory"],
+            driver_host=names.driver_host,
+            extra_conf=MappingProxyType(conf),
+        ),
+    )
+
+
+def _meta(name: str, names: Names, labels: Mapping[str, str]) -> dict:
+    return {"name": name, "namespace": names.namespace, "labels": {**labels, **server_labels(names)}}
+
+
+def spark_driver_service(names: Names, labels: Mapping[str, str] = {}) -> dict:
+    """Headless Service giving the driver (the notebook pod) a DNS name executors can reach."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.driver_service, names, labels),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {SERVER_LABEL: names.pod},
+            "publishNotReadyAddresses": True,
+            "ports": [
+                {"name": "spark-driver", "port": SPARK_DRIVER_PORT, "targetPort": SPARK_DRIVER_PORT, "protocol": "TCP"},
+                {"name": "spark-blockmgr", "port": SPARK_BLOCK_MANAGER_PORT, "targetPort": SPARK_BLOCK_MANAGER_PORT,
+                 "protocol": "TCP"},
+                {"name": "spark-ui", "port": SPARK_UI_PORT, "targetPort": SPARK_UI_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+# What a Spark driver does with the API in client mode: create, watch and delete its executor pods, the
+# ConfigMap holding their configuration, and (only with OnDemand volumes) their PVCs.
+#
+# The limit, plainly: RBAC cannot scope a rule to a label, and create/list/watch cannot be scoped to
+# resource names. So this per-user Role lets a user's session list, read and delete *every* pod, ConfigMap
+# and PVC in the namespace, including other users' notebook pods (whose specs carry their environment)
+# and the hub. Per-user accounts give per-user audit and revocation, not isolation. For mutually untrusted
+# users run KubeSpawner with `enable_user_namespaces` (one namespace per user), or leave spark_mode at
+# standalone, which gives user pods no API access at all. docs/kubernetes.md says the same.
+SPARK_DRIVER_RULES = (
+    {"apiGroups": [""], "resources": ["pods"],
+     "verbs": ["get", "list", "watch", "create", "delete", "deletecollection"]},
+    {"apiGroups": [""], "resources": ["services", "configmaps", "persistentvolumeclaims"],
+     "verbs": ["get", "list", "watch", "create", "delete", "deletecollection"]},
+)
+
+
+def spark_service_account(names: Names, labels: Mapping[str, str] = {}) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(names.service_account, names, labels),
+    }
+
+
+def spark_role(names: Names, labels: Mapping[str, str] = {}) -> dict:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(names.service_account, names, labels),
+        "rules": [dict(r) for r in SPARK_DRIVER_RULES],
+    }
+
+
+def spark_role_binding(names: Names, labels: Mapping[str, str] = {}) -> dict:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(names.service_account, names, labels),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.service_account},
+        "subjects": [{"kind": "ServiceAccount", "name": names.service_account, "namespace": names.namespace}],
+    }
+
+
+def spark_objects(plan: LaunchPlan, cfg: Mapping[str, Any], names: Names, labels: Mapping[str, str] = {}) -> list[dict]:
+    """What a server needs besides its pod, in creation order: the driver Service for any Spark profile,
+    and in ``spark_mode: kubernetes`` the ServiceAccount, Role and RoleBinding its session uses."""
+    if not ("SPARK_MASTER" in plan.env and spark_mode(cfg)):
+        return []
+    objs = []
+    if spark_mode(cfg) == "kubernetes":
+        objs += [spark_service_account(names, labels), spark_role(names, labels), spark_role_binding(names, labels)]
+    return objs + [spark_driver_service(names, labels)]
+
+
+def executor_selector(names: Names) -> str:
+    """Label selector for this server's executor pods (``spark-role`` is set by Spark itself)."""
+    return f"spark-role=executor,{SERVER_LABEL}={names.pod}"
+
+
+# -- courses -------------------------------------------------------------------------------------------
+
+# Course datasets on Kubernetes: one PersistentVolumeClaim (ReadWriteMany or ReadOnlyMany: CephFS, NFS) with a
+# folder per dataset; each of the user's datasets is mounted (subPath) under DATASETS_ROOT, read-only for
+# participants and read-write for instructors, and linked as ~/<course>/data/<dataset> as in embedded mode.
+DATASETS_ROOT = "/srv/esker-datasets"
+DATASETS_VOLUME = "esker-datasets"
+COURSE_MERGE = ["python", "-m", "esker_client.course_merge", "merge"]
+
+
+def _template_escape(value: str) -> str:
+    # KubeSpawner formats init containers as templates ({username}); Kubernetes expands $(VAR) in commands.
+    return _k8s_escape(value).replace("{", "{{").replace("}", "}}")
+
+
+def course_init_container(course, image: str, home: str, home_mounts: list, uid: int, gid: int,
+                          datasets: bool = True) -> dict | None:
+    """An init container that brings ``course`` into ``<home>/<course>/`` before the notebook starts, with the
+    embedded mode's rules (``esker_client.course_merge``, installed in every image), as the notebook user, on
+    the home volume (``home_mounts``: the pod's mounts of it, as KubeSpawner templates). Content comes from
+    ``content.git`` (shallow clone in the init container; an unreachable remote leaves the files as they
+    are and the server starts). ``content.path`` is a folder on the hub machine, which pods cannot see: it is
+    not delivered on Kubernetes. ``datasets``: link each dataset as ``data/<name>``. None when there is nothing
+    to do."""
+    dest = f"{home.rstrip('/')}/{course.name}"
+    content = course.content or {}
+    links = [f"data/{d}={DATASETS_ROOT}/{d}" for d in course.datasets] if datasets else []
+    if content.get("git"):
+        args = [content.get("subdir") or ".", dest, "--git", content["git"], "--ref", content.get("ref") or "HEAD"]
+    elif links:
+        args = ["", dest]
+    else:
+        return None
+    for link in links:
+        args += ["--link", link]
+    return {
+        "name": _fit(f"course-{course.name}", 63),
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [*COURSE_MERGE, *(_template_escape(a) for a in args), "--keep-going"],
+        "env": [{"name": "HOME", "value": _template_escape(home)}],
+        "workingDir": "/tmp",
+        "securityContext": {"runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": True,
+                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        "volumeMounts": [dict(m) for m in home_mounts],
+    }
+
+
+def course_datasets(courses, claim: str, writable: set[str] | frozenset = frozenset()) -> tuple[dict | None, list]:
+    """The datasets volume (the PVC ``claim``) and one mount per dataset of ``courses`` at
+    ``DATASETS_ROOT/<name>`` (subPath ``<name>``): read-only, but for the datasets in ``writable`` (the courses
+    the user teaches). (None, []) when there are none or no claim is configured."""
+    names = sorted({d for c in courses for d in c.datasets})
+    if not claim or not names:
+        return None, []
+    mounts = [{"name": DATASETS_VOLUME, "mountPath": f"{DATASETS_ROOT}/{d}", "subPath": d,
+               "readOnly": d not in writable} for d in names]
+    volume = {"name": DATASETS_VOLUME,
+              "persistentVolumeClaim": {"claimName": claim, "readOnly": not any(d in writable for d in names)}}
+    return volume, mounts
+
+
+# -- the chart -----------------------------------------------------------------------------------------
+
+
+def prepull_images(catalog: Catalog) -> list[str]:
+    """Every image a server can start (Spark executors use the profile's image too)."""
+    return catalog.images()
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    name, _, digest = image.partition("@")
+    if digest:
+        return name, f"@{digest}"  # not expressible as z2jh name/tag; caught by prepuller_extra_images
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = name.rsplit(":", 1)
+        return repo, tag
+    return name, "latest"
+
+
+def prepuller_extra_images(catalog: Catalog) -> dict[str, dict[str, str]]:
+    """The z2jh ``prePuller.extraImages`` value for the catalog: the chart's pre-puller cannot see a
+    profile list built in Python, so the images are listed here, derived, never typed."""
+    out: dict[str, dict[str, str]] = {}
+    for image in prepull_images(catalog):
+        repo, tag = _split_image(image)
+        if tag.startswith("@"):
+            raise ValueError(f"{image}: z2jh's prePuller takes name:tag, not a digest")
+        key = _fit("esker-" + repo.rsplit("/", 1)[-1].lower(), 63)
+        while key in out:
+            key = _fit(key + "-x", 63)
+        out[key] = {"name": repo, "tag": tag}
+    return out

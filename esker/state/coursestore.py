@@ -1,0 +1,113 @@
+"""The course store: reservations, courses created or changed at run time (the esker-courses service's),
+and the last pre-warm pass per reservation, in ``courses.sqlite`` in the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+
+from esker.courses.model import Course, courses_from_config, parse_when
+from esker.courses.reservations import Decision, Reservation
+from esker.state.db import Store
+
+
+class CourseStore:
+    """SQLite in the state dir: reservations, and courses created or changed at run time."""
+
+    def __init__(self, path: str | Path):
+        self._store = Store(path, [
+            "CREATE TABLE IF NOT EXISTS reservations (id TEXT PRIMARY KEY, course TEXT NOT NULL,"
+            " grp TEXT NOT NULL, profile TEXT NOT NULL, seats INTEGER NOT NULL, start TEXT NOT NULL,"
+            " end_ TEXT NOT NULL, created_by TEXT NOT NULL, created REAL NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS courses (name TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS prewarm (id TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL)",
+        ])
+        self.path = self._store.path
+        self._tx = self._store.tx
+
+    @classmethod
+    def for_state_dir(cls, state_dir: str) -> "CourseStore":
+        return cls(os.path.join(state_dir, "courses.sqlite"))
+
+    # reservations
+    def reservations(self) -> list[Reservation]:
+        with self._tx() as db:
+            rows = db.execute("SELECT id, course, grp, profile, seats, start, end_, created_by FROM reservations"
+                              " ORDER BY start, course").fetchall()
+        return [Reservation(course=c, group=g, profile=p, seats=s, start=parse_when(a), end=parse_when(b), id=i,
+                            created_by=by) for i, c, g, p, s, a, b, by in rows]
+
+    def reserve(self, new: Reservation, decide) -> tuple[Decision, Reservation]:
+        """Admission and insert in one write transaction: two requests cannot both take the last room."""
+        with self._tx() as db:
+            rows = db.execute("SELECT id, course, grp, profile, seats, start, end_, created_by FROM reservations"
+                              ).fetchall()
+            existing = [Reservation(course=c, group=g, profile=p, seats=s, start=parse_when(a), end=parse_when(b),
+                                    id=i, created_by=by) for i, c, g, p, s, a, b, by in rows]
+            decision = decide(new, existing)
+            if not decision.accepted:
+                return decision, new
+            new = replace(new, id=new.id or uuid.uuid4().hex[:10])
+            db.execute("INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (new.id, new.course, new.group, new.profile, new.seats, new.start.isoformat(),
+                        new.end.isoformat(), new.created_by, time.time()))
+            return decision, new
+
+    def delete_reservation(self, rid: str) -> bool:
+        with self._tx() as db:
+            db.execute("DELETE FROM prewarm WHERE id=?", (rid,))
+            return db.execute("DELETE FROM reservations WHERE id=?", (rid,)).rowcount > 0
+
+    def expire(self, now: datetime) -> list[str]:
+        """Drop reservations whose window has ended (their seats are free again)."""
+        gone = [r.id for r in self.reservations() if r.end <= now]
+        with self._tx() as db:
+            db.executemany("DELETE FROM reservations WHERE id=?", [(i,) for i in gone])
+            db.executemany("DELETE FROM prewarm WHERE id=?", [(i,) for i in gone])
+        return gone
+
+    # pre-warming: what the last passes found, per reservation (prewarm_record)
+    def prewarm_records(self) -> dict[str, dict]:
+        with self._tx() as db:
+            return {i: json.loads(d) for i, d in db.execute("SELECT id, data FROM prewarm")}
+
+    def put_prewarm(self, rid: str, record: dict) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO prewarm VALUES (?, ?, ?)", (rid, json.dumps(record), time.time()))
+
+    # runtime courses
+    def course_overlays(self) -> dict[str, dict]:
+        with self._tx() as db:
+            return {n: json.loads(d) for n, d in db.execute("SELECT name, data FROM courses")}
+
+    def put_course(self, name: str, data: dict) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO courses VALUES (?, ?, ?)", (name, json.dumps(data), time.time()))
+
+    def effective_courses(self, base: Iterable[Course]) -> list[Course]:
+        """esker.yaml's courses, each updated by its runtime overlay, then courses created at run time."""
+        overlays = self.course_overlays() if os.path.exists(self.path) else {}
+        out = []
+        names = set()
+        for c in base:
+            names.add(c.name)
+            ov = overlays.get(c.name)
+            out.append(Course.from_dict({**c.to_dict(secrets=True), **ov}, "config") if ov else c)
+        for name, data in sorted(overlays.items()):
+            if name not in names:
+                out.append(Course.from_dict({**data, "name": name}, "runtime"))
+        return out
+
+
+def effective_courses(cfg, state_dir: str) -> list[Course]:
+    """esker.yaml's courses with the runtime ones (and runtime updates) from the store, if there is one."""
+    base = courses_from_config(cfg)
+    path = os.path.join(state_dir, "courses.sqlite")
+    return CourseStore(path).effective_courses(base) if os.path.exists(path) else base

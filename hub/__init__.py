@@ -1,1 +1,0 @@
-"""The hub side of Esker: configuration, services, allocation, CLI."""
