@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import jinja2
@@ -30,7 +31,7 @@ from esker.core.plan import (
 )
 from esker.courses.content import course_grant, prepare_course_content
 from esker.courses.reservations import machine_capacity
-from esker.courses.seats import SeatRefused, check_seat, running_from_db
+from esker.courses.seats import SeatRefused, active_promises, check_seat, running_from_db
 from esker.state.coursestore import CourseStore, effective_courses
 from esker.runtime import Runtime, get_runtime
 from esker.spark.cluster import java_home
@@ -158,10 +159,12 @@ class EskerLocalSpawner(LocalProcessSpawner):
         self.selection = sel
         # Seats promised to a course in its window are kept for its participants.
         rt = self.runtime
+        booked = CourseStore.for_state_dir(rt.state_dir).reservations()
+        if not active_promises(booked, datetime.now(timezone.utc)):
+            return  # nothing promised now: skip the course list, the capacity probe and the server query
         try:
             check_seat(self.user_info(), sel, catalog=rt.catalog,
-                       courses=effective_courses(rt.config, rt.state_dir),
-                       reservations=CourseStore.for_state_dir(rt.state_dir).reservations(),
+                       courses=effective_courses(rt.config, rt.state_dir), reservations=booked,
                        capacity=machine_capacity(rt.config, rt.state_dir, len(rt.gpus)),
                        running_by_profile=running_from_db(self.user.db, rt.catalog, exclude=self.user.name))
         except SeatRefused as e:
