@@ -34,13 +34,13 @@ run: install  ## the hub on http://127.0.0.1:$${ESKER_PORT:-8000} (embedded mode
 stop:  ## stop the embedded hub, its notebook servers and the proxy
 	$(VENV)/bin/esker stop --all
 
-test: install  ## the whole test suite (unit, hub, Spark, Ceph, Kubernetes offline, browser)
+test: install  ## the whole test suite: tests/{unit,kubernetes,hub,services,browser}
 	sh scripts/install-system.sh browser
 	sh scripts/install-ceph.sh
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
-test-unit: install  ## only the fast pure tests
-	$(PY) -m pytest -ra -m "not integration and not ceph and not browser and not spark" $(PYTEST_ARGS)
+test-unit: install  ## only the fast tiers: tests/unit and tests/kubernetes (offline)
+	$(PY) -m pytest -ra tests/unit tests/kubernetes $(PYTEST_ARGS)
 
 bench: install  ## benchmarks, side by side; results in bench/results/
 	$(PY) bench/spawn_latency.py

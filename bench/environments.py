@@ -6,7 +6,7 @@ its demo notebook takes to run in it. Side by side in one run.
   included);
 - warm: the environment exists; what a spawn pays to find it ready.
 - notebook: `jupyter execute` of the profile's demo notebook with that environment's kernel, Spark on
-  local[2] (no hub involved; the hub path is covered by tests/test_notebooks_hub.py).
+  local[2] (no hub involved; the hub path is covered by tests/hub/test_notebooks.py).
 
     .venv/bin/python bench/environments.py [--envs minimal,spark,...] [--cold-cache] [--out bench/results]
 """

@@ -26,12 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 import requests  # noqa: E402
 
-from hubclient import Hub, run_code  # noqa: E402
-from hubfixture import ENVS_DIR, RunningHub, free_port, prepare_environments  # noqa: E402
+from esker.devhub import ENVS_DIR, RunningHub, free_port, prepare_environments  # noqa: E402
+from esker.hubapi import Hub, run_code  # noqa: E402
 
 
 class PlainHub:

@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 from ceph_fixture import start_cluster  # noqa: E402
-from hubclient import run_code  # noqa: E402
-from hubfixture import RunningHub, prepare_environments  # noqa: E402
+from esker.devhub import RunningHub, prepare_environments  # noqa: E402
+from esker.hubapi import run_code  # noqa: E402
 
 WORKLOAD = """
 import json, os, time, boto3

@@ -26,9 +26,8 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
-import hubfixture  # noqa: E402
+from esker import devhub as hubfixture  # noqa: E402
 from test_courses_hub import CourseHub  # noqa: E402
 
 

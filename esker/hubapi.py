@@ -1,6 +1,6 @@
 """A client for a running hub, for `esker bench` (and anything else that drives a live hub): REST calls
 with an admin token, spawns timed from the progress stream, and code run in a kernel of a user's server
-over the Jupyter websocket protocol. Adapted from tests/hubclient.py.
+over the Jupyter websocket protocol.
 """
 
 from __future__ import annotations

@@ -11,9 +11,19 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from ceph_fixture import ceph  # noqa: E402,F401  (the session's throwaway Ceph RGW)
-from hubfixture import RunningHub, prepare_environments  # noqa: E402
+from esker.devhub import RunningHub, prepare_environments  # noqa: E402
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="per-user accounts need root")
+
+TIERS = ("unit", "hub", "services", "kubernetes", "browser")
+
+
+def pytest_collection_modifyitems(items):
+    """A test's folder is its tier and its marker: `pytest -m unit`, `pytest tests/services`."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

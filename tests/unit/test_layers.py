@@ -28,7 +28,7 @@ LAYERS: list[tuple[int, str, list[str]]] = [
                                   "esker.spawner.*"]),
     (4, "application", ["esker.app", "esker.app.*"]),
     (5, "entry points", ["esker.jupyterhub_config", "esker.cli", "esker.cli.*", "esker.courses.service",
-                         "esker.objectstore.cephd", "esker.docs"]),
+                         "esker.objectstore.cephd", "esker.docs", "esker.devhub"]),
 ]
 # Function-local imports of Esker's modules are allowed only here: the CLI imports a command's
 # dependencies when the command runs, so `esker --help` stays fast.

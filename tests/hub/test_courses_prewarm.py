@@ -22,7 +22,7 @@ from esker.courses import service as S
 from esker.core.catalog import Catalog
 from esker.system.envs import EnvironmentBuilder
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO / "esker.yaml").read_text())
 T0 = datetime(2030, 3, 5, 9, 0, tzinfo=timezone.utc)
 LOOK = timedelta(minutes=30)

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from esker import metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "monitoring" / "dashboards" / "esker-hub.json"
 CHART_DASHBOARD = ROOT / "helm" / "esker" / "files" / "dashboards" / "esker-hub.json"
 ESKER = str(ROOT / ".venv" / "bin" / "esker")
@@ -262,8 +262,8 @@ def test_chart_ships_the_same_dashboard():
 
 @pytest.mark.kubernetes
 def test_chart_renders_the_dashboard_configmap():
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_k8s_chart import OFFLINE, by, merge, render
+    sys.path.insert(0, str(Path(__file__).parents[1] / "kubernetes"))
+    from test_chart import OFFLINE, by, merge, render
 
     (cm,) = by(render(merge(OFFLINE, {"esker": {"grafanaBuiltinDashboards": True}})), "ConfigMap",
                "esker-grafana-dashboards")
@@ -321,7 +321,7 @@ if os.environ.get("ESKER_TEST_EXTRA_CONFIG"):  # debugging aid: more traitlets f
 def mon_hub(environments):
     if os.geteuid() != 0:
         pytest.skip("per-user accounts need root")
-    from hubfixture import REPO, RunningHub
+    from esker.devhub import RunningHub
 
     class MonitoredHub(RunningHub):
         def start(self, timeout: float = 300):
@@ -330,7 +330,7 @@ def mon_hub(environments):
             log = open(self.log_path, "ab")
             # What `esker run --prepare none` does (env, cwd, exec jupyterhub), with our wrapper as the config
             # file: JupyterHub takes a single -f.
-            self.proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "jupyterhub"), "-f", str(wrapper)],
+            self.proc = subprocess.Popen([str(Path(sys.executable).with_name("jupyterhub")), "-f", str(wrapper)],
                                          env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -424,7 +424,7 @@ def test_metrics_from_a_real_hub(mon_hub):
 
 @pytest.mark.integration
 def test_refused_spawns_are_counted_by_reason(mon_hub):
-    from hubclient import SpawnRefused
+    from esker.hubapi import SpawnRefused
 
     hub = mon_hub.hub
     hub.ensure_user("mon-forger")

@@ -1,9 +1,6 @@
 """Courses end to end on a real embedded hub: the esker-courses service behind the proxy, a 30-participant course
 created through its API, content and a read-only dataset in spawned servers, edits surviving a content update,
 instructor rights, reservations (refused with the reason, kept over a restart) and seats during a window.
-
-Until spawner/local.py calls the course hooks, the hub runs with tests/test_courses_wiring.WiredSpawner (the
-same lines as a subclass); afterwards with the stock spawner.
 """
 
 from __future__ import annotations
@@ -21,9 +18,9 @@ import pytest
 import requests
 
 from conftest import needs_root
-from hubclient import SpawnRefused, run_code
-import hubfixture
-from hubfixture import REPO, RunningHub
+from esker import devhub as hubfixture, resources
+from esker.devhub import ESKER, RunningHub
+from esker.hubapi import SpawnRefused, run_code
 
 pytestmark = [pytest.mark.integration, needs_root]
 
@@ -75,7 +72,7 @@ print("OUT" + json.dumps(res))
 def course_hub(environments):
     content = Path(tempfile.mkdtemp(prefix="esker-course-src-", dir="/tmp"))
     os.chmod(content, 0o755)
-    shutil.copytree(REPO / "notebooks" / "courses" / "intro-ml", content / "intro-ml")
+    shutil.copytree(resources.notebooks_dir() / "courses" / "intro-ml", content / "intro-ml")
     h = CourseHub()
     h.cfg = hubfixture.test_config(h.prefix, h.home_root, capacity={"cpu": 6, "memory": "64G", "gpus": 2, "scratch": "1T"})
     h.cfg["storage"] = {"enabled": False, "datasets": [{"name": "weather", "bucket": "shared", "prefix": "weather/"}]}
@@ -222,7 +219,7 @@ print('NEW' if os.path.exists(d + '03-new.ipynb') else 'NONEW')
 def test_cli_talks_to_the_service(course_hub):
     h = course_hub
     env = {**os.environ, "ESKER_ADMIN_TOKEN": h.token, "ESKER_URL": h.url}
-    esker = str(REPO / ".venv" / "bin" / "esker")
+    esker = ESKER
     r = subprocess.run([esker, "course", "list"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "workshop" in r.stdout, r.stdout + r.stderr
     now = datetime.now(timezone.utc)

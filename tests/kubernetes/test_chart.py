@@ -22,9 +22,9 @@ from esker.core.catalog import Catalog
 
 pytestmark = pytest.mark.kubernetes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "esker"
-ANCHORS = ROOT.parent / "shared" / "anchors"
+Z2JH = Path(__file__).resolve().parent / "z2jh"  # z2jh 4.4 schema and defaults (BSD, LICENSE beside)
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 K8S_VERSIONS = ["1.32.0", kubernetes_validate.latest_version()]
 OFFLINE = {"jupyterhub": {"enabled": False}}  # the dependency is not vendored; z2jh is checked below
@@ -226,8 +226,8 @@ def test_values_schema_is_strict_and_names_the_config_sections():
 
 
 def test_z2jh_values_are_valid_for_the_jupyterhub_chart():
-    defaults = yaml.safe_load((ANCHORS / "z2jh-values.yaml").read_text())
-    schema = yaml.safe_load((ANCHORS / "z2jh-values.schema.yaml").read_text())
+    defaults = yaml.safe_load((Z2JH / "values.yaml").read_text())
+    schema = yaml.safe_load((Z2JH / "values.schema.yaml").read_text())
     merged = merge(defaults, VALUES["jupyterhub"])
     jsonschema.Draft7Validator(schema).validate(merged)
     with pytest.raises(jsonschema.ValidationError):

@@ -20,7 +20,7 @@ from esker.core.catalog import Catalog, UserInfo
 from esker.spawner.local import options_from_form
 from esker.core.plan import OptionError, Placement, Site, SparkSite, build_plan, select
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RAW = yaml.safe_load((REPO / "esker.yaml").read_text())
 CFG = config.validate(copy.deepcopy(RAW))
 CAT = Catalog.from_config(CFG)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_root
-from hubclient import run_code, run_notebook
+from esker.hubapi import run_code, run_notebook
 
 pytestmark = [pytest.mark.integration, needs_root]
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks" / "demo"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks" / "demo"
 
 
 def result_of(outputs: list[dict]) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from esker import docs
 from esker.cli import build_parser
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def subcommands() -> list[str]:

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from conftest import needs_root
-from hubclient import SpawnRefused, run_code
-from hubfixture import RunningHub
+from esker.devhub import RunningHub
+from esker.hubapi import SpawnRefused, run_code
 
 pytestmark = [pytest.mark.integration, needs_root]
 

@@ -22,7 +22,7 @@ from esker.app import configurer as traits
 from esker.core.catalog import Catalog, UserInfo
 from esker.core.plan import select
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO / "esker.yaml").read_text())
 GiB = 1024**3
 T0 = datetime(2030, 3, 5, 9, 0, tzinfo=timezone.utc)  # a Tuesday, 9:00

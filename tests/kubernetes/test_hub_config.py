@@ -11,7 +11,7 @@ from traitlets.config import Config
 from esker.app import configurer as traits
 
 pytestmark = pytest.mark.kubernetes
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VALUES = yaml.safe_load((REPO / "helm" / "esker" / "values.yaml").read_text())
 
 

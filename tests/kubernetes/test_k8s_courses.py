@@ -23,7 +23,7 @@ from esker.spawner import k8s_objects as ko
 pytestmark = pytest.mark.kubernetes
 
 K8S_VERSIONS = ["1.32.0", kubernetes_validate.latest_version()]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOME = [{"name": "volume-{user_server}", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}]
 HOME_MOUNT = [{"name": "volume-{user_server}", "mountPath": "/home/jovyan"}]
 GIT = "https://git.example.org/teach/intro-ml.git"

@@ -1,5 +1,6 @@
-"""Start and stop a real embedded Esker hub for the tests and benchmarks: `esker run` as a subprocess
-with a throwaway state directory, its own free loopback ports, its own account prefix.
+"""A throwaway embedded hub for the tests and the benchmarks: `esker run` as a subprocess with its own
+state directory, free loopback ports and account prefix, driven through the package's REST client
+(:mod:`esker.hubapi`), and torn down with everything it started.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from pathlib import Path
 import requests
 import yaml
 
-from hubclient import Hub
+from esker import resources
+from esker.hubapi import Hub
 
-REPO = Path(__file__).resolve().parent.parent
+# The `esker` command of this interpreter's environment (the venv the tests and benchmarks run in).
+ESKER = str(Path(sys.executable).with_name("esker"))
 # Built environments are shared between test runs (rebuilt only when a lock file changes).
 ENVS_DIR = os.environ.get("ESKER_TEST_ENVS_DIR", "/tmp/esker-test-envs")
 
@@ -34,7 +37,7 @@ def free_port() -> int:
 
 
 def test_config(prefix: str, home_root: str, ceph=None, **overrides) -> dict:
-    cfg = yaml.safe_load((REPO / "esker.yaml").read_text())
+    cfg = yaml.safe_load(Path(resources.default_config()).read_text())
     cfg["hub"].update(port=free_port(), log_level="DEBUG" if os.environ.get("ESKER_TEST_DEBUG") else "INFO")
     cfg["auth"] = {"type": "dummy"}
     cfg["users"] = {"system_user_prefix": prefix, "home_root": home_root,
@@ -93,7 +96,7 @@ class RunningHub:
     def start(self, timeout: float = 300) -> "RunningHub":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "esker"), "run", "--prepare", "none"],
+            [ESKER, "run", "--prepare", "none"],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir,
         )
         deadline = time.monotonic() + timeout
@@ -179,11 +182,8 @@ class RunningHub:
 def prepare_environments(names: list[str]) -> None:
     """Build environments into the shared test cache before hubs start (progress on stdout)."""
     subprocess.run(
-        [str(REPO / ".venv" / "bin" / "esker"), "prepare", *names],
+        [ESKER, "prepare", *names],
         env={**os.environ, "ESKER_ENVS_DIR": ENVS_DIR, "ESKER_STATE_DIR": tempfile.mkdtemp(prefix="esker-prep-")},
         check=True,
     )
 
-
-if __name__ == "__main__":
-    sys.exit("import this module from the tests")

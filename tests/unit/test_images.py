@@ -17,7 +17,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 NOTEBOOK_IMAGES = ["minimal", "scikit-learn", "spark", "tensorflow-gpu"]
 ALL_IMAGES = NOTEBOOK_IMAGES + ["hub"]

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 try:
     import esker_client  # noqa: F401  (installed in a notebook environment)
 except ImportError:  # the test venv: use the source tree

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import needs_root
-from hubclient import run_code
+from esker.hubapi import run_code
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.ceph, needs_root]
 
 S3_PROBE = """
