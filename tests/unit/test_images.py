@@ -232,6 +232,40 @@ def test_spark_image_adds_java_and_s3a_jars_with_checksums():
         assert bundled == [f"hadoop-client-api-{hadoop}.jar"], bundled
 
 
+def test_spark_image_entrypoint_runs_executors_and_passes_the_rest_to_start_sh():
+    """spark_mode: kubernetes starts executors from this image with the argument `executor` and no command:
+    the image's entrypoint must be Esker's (tests/kubernetes/test_spark_executor_image.py runs it)."""
+    instrs = dockerfile("spark")
+    last_from = max(n for n, i in enumerate(instrs) if i.cmd == "FROM")
+    final = instrs[last_from:]
+    script = IMAGES / "spark" / "esker-spark-entrypoint.sh"
+    assert script.is_file() and script.stat().st_mode & 0o111, "the script is executable in the repository too"
+    installed = "/usr/local/bin/esker-spark-entrypoint"
+    (copy,) = [i for i in final if i.cmd == "COPY" and "spark/esker-spark-entrypoint.sh" in i.value]
+    assert copy.value.split()[-1] == installed and "--chmod=0755" in copy.value.split()
+    entrypoints = [json.loads(i.value) for i in final if i.cmd == "ENTRYPOINT"]
+    assert entrypoints and entrypoints[-1] == ["tini", "-g", "--", installed], "tini as PID 1, as in the base image"
+    cmds = [json.loads(i.value) for i in final if i.cmd == "CMD"]
+    # A new ENTRYPOINT resets the base's CMD; without it `docker run IMAGE` would start nothing.
+    assert cmds and cmds[-1] == ["start-notebook.py"]
+    assert [n for n, i in enumerate(final) if i.cmd == "ENTRYPOINT"][-1] > [n for n, i in enumerate(final) if i is copy][0]
+    env = args_and_env(instrs)
+    assert env.get("JAVA_HOME") and env.get("SPARK_HOME"), "the entrypoint finds java and the jars through them"
+    # The build proves pyspark ships the backend the script starts; run that same check on pip's pyspark.
+    backend = re.search(r"org\.apache\.spark\.scheduler\.cluster\.k8s\.KubernetesExecutorBackend", script.read_text())
+    assert backend
+    (check,) = [r for r in runs(final) if "KubernetesExecutorBackend.class" in r]
+    code = re.fullmatch(r'"\$\{ESKER_ENV_DIR\}/bin/python" -c "(.*)"', check).group(1)
+    try:
+        import pyspark
+    except ImportError:
+        return
+    spark_home = str(Path(pyspark.__file__).parent)
+    subprocess.run([sys.executable, "-c", code], env={"SPARK_HOME": spark_home}, check=True, timeout=60)
+    bad = subprocess.run([sys.executable, "-c", code], env={"SPARK_HOME": "/nonexistent"}, capture_output=True)
+    assert bad.returncode != 0, "the build check must be able to fail"
+
+
 def test_tensorflow_image_adds_pinned_cuda_libraries():
     instrs = dockerfile("tensorflow-gpu")
     srcs = [s for c in copies(instrs) for s in c[:-1]]
