@@ -130,6 +130,7 @@ def scratch_volume(plan: LaunchPlan, cfg: Mapping[str, Any], names: Names) -> tu
     of ``plan.scratch_size`` on that (node-local, NVMe) class with the pod and deletes it with the pod.
     With ``storage_class: null``: a hostPath directory per user under ``host_path_root``; it has no quota
     and outlives the pod (``scratch_keep: false`` is not enforced in this mode).
+    Either way the pod also needs :func:`scratch_init_container`, which makes the volume the user's.
     """
     k = cfg["scratch"]["kubernetes"]
     if k["storage_class"]:
@@ -153,6 +154,51 @@ def scratch_volume(plan: LaunchPlan, cfg: Mapping[str, Any], names: Names) -> tu
             "hostPath": {"path": f"{root}/{names.user_slug}", "type": "DirectoryOrCreate"},
         }
     return volume, {"name": SCRATCH_VOLUME, "mountPath": k["mount_path"]}
+
+
+# Inside the scratch volume, as embedded mode's esker.system.scratch.prepare makes them: TMPDIR and spark.local.dir.
+SCRATCH_SUBDIRS = ("tmp", "spark")
+
+# $1: the mount path, $2: uid:gid (hostPath only). No braces and no "$(": KubeSpawner formats init containers as
+# templates and Kubernetes expands $(VAR) in commands.
+_SUBDIRS = " ".join(SCRATCH_SUBDIRS)
+_SCRATCH_HOSTPATH_SCRIPT = f'set -eu; cd "$1"; mkdir -p {_SUBDIRS}; chown -h "$2" . {_SUBDIRS}; chmod 0700 . {_SUBDIRS}'
+_SCRATCH_VOLUME_SCRIPT = f'set -eu; cd "$1"; mkdir -p {_SUBDIRS}; chmod 0700 {_SUBDIRS}'
+
+
+def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int) -> dict:
+    """An init container that makes the scratch volume the notebook user's (``uid``/``gid``, the pod's) before
+    the notebook starts: ``tmp/`` (``TMPDIR``) and ``spark/`` (``spark.local.dir``) exist, mode 0700.
+
+    hostPath (``storage_class: null``): the kubelet creates ``{host_path_root}/{user}`` as root, mode 0755
+    (``DirectoryOrCreate``), and a pod's ``fsGroup`` does not apply to hostPath volumes, so the notebook user
+    could not write to it. This container runs as root, with only CHOWN, DAC_OVERRIDE and FOWNER, and gives the
+    folder and the two subfolders to ``uid:gid``, mode 0700, as the embedded mode does (not recursively: what
+    is inside is the user's already). Only the user's own folder is mounted, so nothing else on the node is
+    within its reach; ``chown -h`` never follows a link the user left there.
+
+    Ephemeral volume (a storage class): the pod's ``fsGroup`` already makes the volume writable by the
+    user, so the container runs as the user and creates the two subfolders.
+    """
+    k = cfg["scratch"]["kubernetes"]
+    mount = {"name": SCRATCH_VOLUME, "mountPath": k["mount_path"]}
+    if k["storage_class"]:
+        script, args = _SCRATCH_VOLUME_SCRIPT, [k["mount_path"]]
+        security = {"runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": uid != 0,
+                    "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    else:
+        script, args = _SCRATCH_HOSTPATH_SCRIPT, [k["mount_path"], f"{uid}:{gid}"]
+        security = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER"]}}
+    return {
+        "name": SCRATCH_VOLUME,
+        "image": plan.image,  # already on the node (the pre-puller), and it has a shell
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", script, SCRATCH_VOLUME, *(_template_escape(a) for a in args)],
+        "securityContext": security,
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
+        "volumeMounts": [mount],
+    }
 
 
 def ephemeral_pvcs(pod: Mapping[str, Any]) -> list[dict]:

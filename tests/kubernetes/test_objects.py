@@ -105,6 +105,153 @@ def test_scratch_hostpath_mode_is_one_directory_per_user():
     assert mount["mountPath"] == "/tmp/s"
 
 
+HOSTPATH = {"storage_class": None, "host_path_root": "/mnt/esker-scratch", "mount_path": "/scratch"}
+EPHEMERAL = {"storage_class": "topolvm-nvme", "mount_path": "/scratch"}
+
+
+def scratch_pod(cfg, plan, uid=1000, gid=100):
+    """A notebook pod with the scratch volume and its init container, as the spawner assembles it."""
+    volume, mount = ko.scratch_volume(plan, cfg, NAMES)
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": NAMES.pod, "namespace": NAMES.namespace, "labels": ko.server_labels(NAMES)},
+            "spec": {"securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": gid},
+                     "initContainers": [ko.scratch_init_container(plan, cfg, uid, gid)],
+                     "containers": [{"name": "notebook", "image": plan.image, "env": ko.container_env(plan),
+                                     "volumeMounts": [mount]}],
+                     "volumes": [volume]}}
+
+
+@pytest.mark.parametrize("scratch", [HOSTPATH, EPHEMERAL], ids=["hostPath", "ephemeral"])
+def test_scratch_init_container_is_valid_and_prepares_what_the_plan_points_at(scratch):
+    import kubernetes_validate
+
+    cfg = config(scratch={"kubernetes": scratch})
+    plan = plan_for(cfg, "spark")
+    pod = scratch_pod(cfg, plan)
+    for version in ("1.32.0", kubernetes_validate.latest_version()):
+        kubernetes_validate.validate(pod, version, strict=True)
+    (init,) = pod["spec"]["initContainers"]
+    (mount,) = pod["spec"]["containers"][0]["volumeMounts"]
+    assert init["volumeMounts"] == [mount]  # the same volume, at the same path
+    assert init["image"] == plan.image  # pre-pulled on every node
+    # TMPDIR and spark.local.dir are the subfolders the container makes.
+    made = {f"{mount['mountPath']}/{d}" for d in ko.SCRATCH_SUBDIRS}
+    assert plan.env["TMPDIR"] in made
+    assert f"spark.local.dir={mount['mountPath']}/spark" in plan.env["PYSPARK_SUBMIT_ARGS"]
+    assert mount["mountPath"] in init["command"]
+    sec = init["securityContext"]
+    assert sec["allowPrivilegeEscalation"] is False and "ALL" in sec["capabilities"]["drop"]
+    if scratch is HOSTPATH:
+        # fsGroup does not apply to hostPath: root, with exactly what chown and chmod of the user's folder need.
+        assert sec["runAsUser"] == 0 and sorted(sec["capabilities"]["add"]) == ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
+        assert init["command"][-1] == "1000:100"
+        assert pod["spec"]["volumes"][0]["hostPath"]["type"] == "DirectoryOrCreate"
+    else:
+        # The volume is the user's through fsGroup: the container runs as the user, with nothing extra.
+        assert (sec["runAsUser"], sec["runAsGroup"], sec["runAsNonRoot"]) == (1000, 100, True)
+        assert "add" not in sec["capabilities"]
+    # KubeSpawner formats init containers as templates, Kubernetes expands $(VAR): neither may touch the script.
+    assert not any(c in "".join(init["command"]) for c in "{}") and "$(" not in "".join(init["command"])
+
+
+def test_scratch_init_container_escapes_a_templated_mount_path():
+    cfg = config(scratch={"kubernetes": {**HOSTPATH, "mount_path": "/scratch/{x}$(HOME)"}})
+    init = ko.scratch_init_container(plan_for(cfg, "minimal"), cfg, 1000, 100)
+    assert init["command"][-2] == "/scratch/{{x}}$$(HOME)"
+    assert init["volumeMounts"][0]["mountPath"] == "/scratch/{x}$(HOME)"  # KubeSpawner escapes mounts itself
+
+
+def _run_init(init, *prefix):
+    import subprocess
+
+    return subprocess.run([*prefix, *init["command"]], capture_output=True, text=True, timeout=30,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+ROOT_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
+
+
+def _as_root_with(caps):
+    """setpriv prefix: root with only ``caps`` (as a container with capabilities drop ALL, add caps)."""
+    bounding = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
+    return ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--"]
+
+
+def _needs_root_and_setpriv():
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("runs the init container's command as root and as another user (needs root and setpriv)")
+
+
+def test_hostpath_init_command_gives_the_folder_to_the_user_with_only_its_capabilities(tmp_path):
+    import os
+    import stat
+    import tempfile
+
+    _needs_root_and_setpriv()
+    base = tempfile.mkdtemp(dir="/tmp", prefix="esker-scratch-test-")
+    try:
+        os.chmod(base, 0o755)
+        scratch = os.path.join(base, "alice")
+        os.mkdir(scratch, 0o755)  # what the kubelet's DirectoryOrCreate leaves: root's, 0755
+        cfg = config(scratch={"kubernetes": {**HOSTPATH, "mount_path": scratch}})
+        init = ko.scratch_init_container(plan_for(cfg, "spark"), cfg, 1000, 100)
+        caps = init["securityContext"]["capabilities"]["add"]
+        r = _run_init(init, *_as_root_with(caps))
+        assert r.returncode == 0, r.stderr
+        for p in (scratch, *(os.path.join(scratch, d) for d in ko.SCRATCH_SUBDIRS)):
+            st = os.lstat(p)
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 100, 0o700), p
+        # The notebook user can now use TMPDIR.
+        user = ["setpriv", "--reuid=1000", "--regid=100", "--clear-groups", "--"]
+        w = _run_init({"command": ["sh", "-c", 'echo x > "$1/tmp/f" && mkdir "$1/spark/blockmgr"', "t", scratch]},
+                      *user)
+        assert w.returncode == 0, w.stderr
+        # The next start finds the folder as the user left it (0700, theirs): still fine...
+        r = _run_init(init, *_as_root_with(caps))
+        assert r.returncode == 0, r.stderr
+        assert os.path.exists(os.path.join(scratch, "tmp", "f"))
+        # ...and each capability is needed there: without one, the container fails (and the pod does not start).
+        for missing in ROOT_CAPS:
+            r = _run_init(init, *_as_root_with([c for c in caps if c != missing]))
+            assert r.returncode != 0, f"works without {missing}: drop it"
+    finally:
+        import shutil
+
+        shutil.rmtree(base)
+
+
+def test_ephemeral_init_command_runs_as_the_user_on_an_fsgroup_volume():
+    import os
+    import shutil
+    import stat
+    import tempfile
+
+    _needs_root_and_setpriv()
+    base = tempfile.mkdtemp(dir="/tmp", prefix="esker-scratch-test-")
+    try:
+        os.chmod(base, 0o755)
+        scratch = os.path.join(base, "volume")
+        os.mkdir(scratch)
+        os.chown(scratch, 0, 100)
+        os.chmod(scratch, 0o2775)  # what fsGroup: 100 makes of a fresh volume's root
+        cfg = config(scratch={"kubernetes": {**EPHEMERAL, "mount_path": scratch}})
+        init = ko.scratch_init_container(plan_for(cfg, "spark"), cfg, 1000, 100)
+        sec = init["securityContext"]
+        as_user = ["setpriv", f"--reuid={sec['runAsUser']}", f"--regid={sec['runAsGroup']}", "--groups=100", "--"]
+        r = _run_init(init, *as_user)
+        assert r.returncode == 0, r.stderr
+        for d in ko.SCRATCH_SUBDIRS:
+            st = os.lstat(os.path.join(scratch, d))
+            # (the setgid bit of fsGroup's volume root is inherited, as on a real volume)
+            assert st.st_uid == 1000 and stat.S_IMODE(st.st_mode) & 0o777 == 0o700
+        assert _run_init(init, *as_user).returncode == 0  # again, on the next start of the same pod
+    finally:
+        shutil.rmtree(base)
+
+
 def test_ephemeral_pvc_is_what_kubernetes_derives():
     cfg = config(scratch={"kubernetes": {"storage_class": "local-nvme"}})
     volume, _ = ko.scratch_volume(plan_for(cfg, "minimal"), cfg, NAMES)
