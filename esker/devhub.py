@@ -63,7 +63,9 @@ def test_config(prefix: str, home_root: str, ceph=None, **overrides) -> dict:
 class RunningHub:
     """A hub started with `esker run`; restartable with the same state."""
 
-    def __init__(self, cfg: dict | None = None, state_dir: str | None = None, ceph=None):
+    def __init__(self, cfg: dict | None = None, state_dir: str | None = None, ceph=None, extra_config: str = ""):
+        """``extra_config``: Python appended to Esker's jupyterhub_config.py (traitlets a test sets, such as
+        another spawner class); the hub then runs as `esker run` would run it, from a wrapper file."""
         self.prefix = f"esk{secrets.token_hex(2)}-"
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="esker-test-", dir="/tmp")
         os.chmod(self.state_dir, 0o755)
@@ -76,6 +78,7 @@ class RunningHub:
         self.token = secrets.token_hex(16)
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(self.state_dir, "hub.log")
+        self.extra_config = extra_config
         os.makedirs(ENVS_DIR, exist_ok=True)
         os.chmod(ENVS_DIR, 0o755)
 
@@ -95,10 +98,14 @@ class RunningHub:
 
     def start(self, timeout: float = 300) -> "RunningHub":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [ESKER, "run", "--prepare", "none"],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir,
-        )
+        cmd = [ESKER, "run", "--prepare", "none"]
+        if self.extra_config:  # JupyterHub takes one -f: a wrapper that loads Esker's config first
+            wrapper = Path(self.state_dir) / "jupyterhub_config_test.py"
+            hub_config = Path(__file__).with_name("jupyterhub_config.py")
+            wrapper.write_text(f"load_subconfig({str(hub_config)!r})\n{self.extra_config}\n")
+            cmd = [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(wrapper)]
+        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.state_dir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

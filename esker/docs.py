@@ -48,9 +48,10 @@ def schema_reference() -> str:
 
 
 def traitlets_reference() -> str:
+    from esker.spawner.base import EskerSpawner
     from esker.spawner.local import EskerLocalSpawner
 
-    classes = [EskerLocalSpawner]
+    classes = [EskerSpawner, EskerLocalSpawner]
     try:
         from esker.spawner.kubernetes import EskerKubeSpawner
 
@@ -62,8 +63,13 @@ def traitlets_reference() -> str:
            "(see `esker.app.configurer`); set them in a jupyterhub_config.py if you prefer.", ""]
     for cls in classes:
         out += [f"### `{cls.__name__}`", ""]
+        if cls is EskerSpawner:
+            out += ["Both backends' settings: `c.EskerSpawner.<name>` applies to either.", ""]
+        # A backend lists only its own; what it has from EskerSpawner is listed there.
         own = {n: t for n, t in cls.class_traits(config=True).items()
-               if any(n in vars(k) for k in cls.__mro__ if k.__module__.startswith("esker"))}
+               if n in vars(cls) or (cls is not EskerSpawner and any(
+                   n in vars(k) for k in cls.__mro__[1:] if k.__module__.startswith("esker")
+                   and k is not EskerSpawner))}
         for name, trait in sorted(own.items()):
             help_text = " ".join((trait.help or "").split())
             default = trait.default_value_repr() if hasattr(trait, "default_value_repr") else ""

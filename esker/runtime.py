@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from esker import resources
@@ -22,9 +22,11 @@ from esker.system.gpus import Gpu, configured_gpus
 log = logging.getLogger("esker")
 
 
-def default_state_dir() -> str:
+def default_state_dir(mode: str = "embedded") -> str:
     if os.environ.get("ESKER_STATE_DIR"):
         return os.environ["ESKER_STATE_DIR"]
+    if mode == "kubernetes":
+        return "/srv/jupyterhub/esker"  # the hub's persistent volume in z2jh
     if os.geteuid() == 0:
         return "/var/lib/esker"
     return str(Path.home() / ".local" / "share" / "esker")
@@ -45,15 +47,27 @@ def spark_site(cfg: dict, mode: str = "embedded") -> SparkSite | None:
 
 @dataclass
 class Runtime:
+    """One per hub process and mode. The embedded-only parts (ledger, environment builder) are made on first
+    use, so the Kubernetes hub never opens them."""
+
     config: config_mod.EskerConfig
     state_dir: str
+    mode: str
     catalog: Catalog
-    ledger: Ledger
-    builder: EnvironmentBuilder
     gpus: list[Gpu]
     site: Site
     storage: object | None = None  # esker.objectstore.service.StorageService when object storage is enabled
     extra: dict = field(default_factory=dict)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(os.path.join(self.state_dir, "ledger.sqlite"))
+
+    @cached_property
+    def builder(self) -> EnvironmentBuilder:
+        # ESKER_ENVS_DIR lets several hubs (tests, benchmarks) share built environments.
+        return EnvironmentBuilder(os.environ.get("ESKER_ENVS_DIR") or os.path.join(self.state_dir, "envs"),
+                                  resources.images_dir())
 
     @property
     def scratch_root(self) -> str:
@@ -64,27 +78,40 @@ class Runtime:
         return os.path.join(self.state_dir, "secrets")
 
 
-@lru_cache(maxsize=None)
-def get_runtime(config_file: str = "", state_dir: str = "") -> Runtime:
-    cfg = config_mod.load(config_file or None)
-    state_dir = state_dir or default_state_dir()
-    os.makedirs(state_dir, exist_ok=True)
-    os.chmod(state_dir, 0o711)  # users pass through to envs/ and scratch/, nothing more
+def get_runtime(config_file: str = "", state_dir: str = "", mode: str = "embedded") -> Runtime:
+    """The runtime for a config file, state directory and mode, built once.
+
+    On Kubernetes the file is a mounted ConfigMap that the kubelet updates in place, so a changed file gives a
+    new runtime; the embedded hub started its services (Spark, Ceph) from the file and restarts to change it.
+    """
+    path = config_file or str(resources.default_config())
+    version = 0
+    if mode == "kubernetes":
+        try:
+            version = os.stat(path).st_mtime_ns
+        except OSError:
+            pass  # the loader names the missing file
+    return _runtime(path, state_dir or default_state_dir(mode), mode, version)
+
+
+@lru_cache(maxsize=8)
+def _runtime(config_file: str, state_dir: str, mode: str, _version: int) -> Runtime:
+    cfg = config_mod.load(config_file)
+    if mode == "embedded":  # on Kubernetes it is the hub's volume, made by the chart
+        os.makedirs(state_dir, exist_ok=True)
+        os.chmod(state_dir, 0o711)  # users pass through to envs/ and scratch/, nothing more
     storage = None
     if cfg["storage"]["enabled"]:
         try:
-            storage = StorageService.from_config(cfg, state_dir)
+            storage = StorageService.from_config(cfg, state_dir, mode=mode)
         except Exception as e:  # a broken storage set-up must not take the hub down
             log.error("object storage disabled: %s", e)
     return Runtime(
         config=cfg,
         state_dir=state_dir,
+        mode=mode,
         catalog=Catalog.from_config(cfg),
-        ledger=Ledger(os.path.join(state_dir, "ledger.sqlite")),
-        # ESKER_ENVS_DIR lets several hubs (tests, benchmarks) share built environments.
-        builder=EnvironmentBuilder(os.environ.get("ESKER_ENVS_DIR") or os.path.join(state_dir, "envs"),
-                                   resources.images_dir()),
-        gpus=configured_gpus(cfg["gpus"]["devices"]),
-        site=Site(mode="embedded", spark=spark_site(cfg)),
+        gpus=configured_gpus(cfg["gpus"]["devices"]) if mode == "embedded" else [],
+        site=Site(mode=mode, spark=spark_site(cfg) if mode == "embedded" else None),
         storage=storage,
     )

@@ -57,7 +57,7 @@ def spawner_traits(cfg: dict, d: Deployment) -> Mapping:
             "http_timeout": 120,
             "ip": "127.0.0.1",
         },
-        "EskerLocalSpawner": {"esker_config": d.config_file, "state_dir": d.state_dir},
+        "EskerLocalSpawner": {"config_file": d.config_file, "state_dir": d.state_dir},
     }
 
 

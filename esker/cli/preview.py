@@ -88,7 +88,9 @@ def make_spawner(user: str, groups=(), admin: bool = False, config_file: str | N
     hub = Hub(ip="hub", port=8081, base_url="/hub/")
     hub.public_host = ""
     u = PreviewUser(name=user, groups=[_Group(g) for g in groups], admin=admin)
-    spawner = EskerKubeSpawner(user=u, hub=hub, config_file=config_file, **traits)
+    if config_file:
+        traits["config_file"] = str(config_file)
+    spawner = EskerKubeSpawner(user=u, hub=hub, **traits)
     spawner.user_options = dict(user_options or {})
     return spawner
 
@@ -101,17 +103,19 @@ def embedded_plan(cfg: config.EskerConfig, user: str, groups=(), admin=False, us
     """The launch plan in embedded mode, built as the local spawner builds it (the hub's Spark site, scratch
     under scratch.root for the user's system account); GPUs are shown as the first N device ids."""
     from esker.core.catalog import Catalog, UserInfo
-    from esker.core.plan import Placement, Site, build_plan, select
-    from esker.runtime import default_state_dir, spark_site
-    from esker.system import scratch
-    from esker.system.accounts import system_username
+    from esker.core.plan import build_plan, select, with_grants
+    from esker.courses.content import course_grant
+    from esker.runtime import default_state_dir
+    from esker.spawner.embedded import account_name, embedded_placement, embedded_site
+    from esker.state.coursestore import effective_courses
 
+    state_dir = default_state_dir()
     sel = select(Catalog.from_config(cfg), UserInfo(user, frozenset(groups), admin), user_options)
-    site = Site(mode="embedded", spark=spark_site(cfg.data))
-    root = cfg["scratch"]["root"].replace("{state_dir}", default_state_dir())
-    account = system_username(user, cfg["users"]["system_user_prefix"])
-    placement = Placement(scratch_dir=scratch.scratch_path(root, account), gpu_devices=tuple(str(i) for i in range(sel.gpus)))
-    plan = build_plan(sel, placement, site)
+    account = account_name(cfg, user)
+    home = os.path.join(cfg["users"]["home_root"], account)
+    placement = embedded_placement(sel, cfg, state_dir, account=account, home=home)
+    grant = course_grant(effective_courses(cfg, state_dir), sel.user)
+    plan = build_plan(sel, with_grants(placement, **({"courses": grant} if grant else {})), embedded_site(cfg.data))
     return {
         "user": plan.user, "profile": plan.profile, "choices": dict(plan.choices), "environment": plan.environment,
         "limits": {"cpu": plan.cpu_limit, "memory": plan.mem_limit, "gpus": plan.gpus, "gpu_type": plan.gpu_type,

@@ -230,13 +230,15 @@ def ephemeral_pvcs(pod: Mapping[str, Any]) -> list[dict]:
 
 
 def kubernetes_placement(
-    sel: Selection, cfg: Mapping[str, Any], grants: Mapping[str, Mapping[str, str]] | None = None
+    sel: Selection, cfg: Mapping[str, Any], grants: Mapping[str, Mapping[str, str]] | None = None,
+    home: str = "",
 ) -> Placement:
-    """Where a selection lands on Kubernetes: scratch at the mount path, and GPUs numbered from 0 (the
-    device plugin exposes only the assigned devices inside the container)."""
+    """Where a selection lands on Kubernetes: scratch at the mount path, GPUs numbered from 0 (the device
+    plugin exposes only the assigned devices inside the container), and the home volume's mount path."""
     return Placement(
         scratch_dir=cfg["scratch"]["kubernetes"]["mount_path"].rstrip("/") or "/",
         gpu_devices=tuple(str(i) for i in range(sel.gpus)),
+        home=home,
         grants=MappingProxyType(dict(grants or {})),
     )
 

@@ -1,36 +1,31 @@
-"""EskerKubeSpawner: the Kubernetes backend. It resolves configuration and names, and delegates to
-KubeSpawner; every Kubernetes piece comes from the pure builders in :mod:`esker.spawner.k8s_objects`.
+"""EskerKubeSpawner: the Kubernetes backend. Policy lives in :class:`esker.spawner.base.EskerSpawner`;
+this class resolves names, applies the launch plan to KubeSpawner's traits and creates or deletes the
+objects beside the pod. Every Kubernetes piece comes from the pure builders in
+:mod:`esker.spawner.k8s_objects`.
 
-Spawn options are Esker's, not KubeSpawner's: ``profile_list`` is derived from the catalog for the user's
-groups (it only draws the form), and :meth:`EskerKubeSpawner.load_user_options` replaces KubeSpawner's
-profile handling entirely. A request is validated with :func:`esker.core.plan.select` and refused with
-its 4xx status before anything is created: first in JupyterHub's ``apply_user_options`` hook (before
-``start``), and again at the top of ``start`` in case a deployment replaced that hook. KubeSpawner's own
-``_load_profile`` (``kubespawner_override``, ``unlisted_choice``) never runs, so a forged profile, option,
-``--unlisted-choice`` value or GPU count has nothing to slip through.
+Spawn options are Esker's, not KubeSpawner's: the form and its parser are the base's, ``profile_list`` is
+derived from the catalog for the user's groups (for tools that read it), and :meth:`load_user_options`
+replaces KubeSpawner's profile handling entirely. A request is validated by the base before anything is
+created (in ``apply_user_options``, and again at the top of ``start`` in case a deployment replaced that
+hook). KubeSpawner's own ``_load_profile`` (``kubespawner_override``, ``unlisted_choice``) never runs, so a
+forged profile, option, ``--unlisted-choice`` value or GPU count has nothing to slip through.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
-from tornado import web
 from traitlets import Unicode, default
 
-from esker import resources
-from esker.core import config as esker_config
-from esker.courses.model import courses_for, courses_from_config
-from esker.objectstore.service import StorageService
-from esker.state.coursestore import effective_courses
-from esker.core.catalog import Catalog, UserInfo
-from esker.core.plan import LaunchPlan, OptionError, Selection, build_plan, select
+from esker.core.plan import LaunchPlan, Selection, build_plan
+from esker.courses.model import Course, courses_for
 from esker.spawner import k8s_objects as ko
+from esker.spawner.base import EskerSpawner
 
 prepull_images = ko.prepull_images
 
@@ -49,29 +44,9 @@ _API = {  # kind -> (client class, create method, delete method)
     "RoleBinding": ("RbacAuthorizationV1Api", "create_namespaced_role_binding", "delete_namespaced_role_binding"),
 }
 
-_config_cache: dict[tuple[str, int], esker_config.EskerConfig] = {}
-_storage_cache: dict[tuple[str, str], Any] = {}
-
-
-def load_config(path: str | None) -> esker_config.EskerConfig:
-    """esker.core.config.load(), re-read only when the file changes (the hub builds a spawner per user)."""
-    p = Path(path or resources.default_config())
-    try:
-        key = (str(p), p.stat().st_mtime_ns)
-    except OSError:
-        return esker_config.load(p)  # raises ConfigError naming the file
-    if key not in _config_cache:
-        _config_cache.clear()
-        _config_cache[key] = esker_config.load(p)
-    return _config_cache[key]
-
 
 def _profile_list(spawner: "EskerKubeSpawner") -> list[dict]:
     return spawner.catalog.profile_list(spawner.esker_user)
-
-
-def _apply_user_options(spawner: "EskerKubeSpawner", user_options: Any) -> None:
-    spawner.esker_select(user_options)
 
 
 def _with(base, items: list, prefix: str):
@@ -87,13 +62,8 @@ async def delete_executors(api, names: ko.Names) -> None:
     await api.delete_collection_namespaced_pod(names.namespace, label_selector=ko.executor_selector(names))
 
 
-class EskerKubeSpawner(KubeSpawner):
-    config_file = Unicode(
-        None,
-        allow_none=True,
-        config=True,
-        help="Esker configuration file (esker.yaml). Default: $ESKER_CONFIG, else the shipped esker.yaml.",
-    )
+class EskerKubeSpawner(EskerSpawner, KubeSpawner):
+    mode = "kubernetes"
 
     # Courses on Kubernetes (docs/kubernetes.md); each also has an environment variable (z2jh hub.extraEnv).
     course_home = Unicode(
@@ -108,12 +78,6 @@ class EskerKubeSpawner(KubeSpawner):
         "$ESKER_COURSE_DATASETS_CLAIM, default esker-datasets.",
     ).tag(config=True)
 
-    course_state_dir = Unicode(
-        help="Esker state directory whose courses.sqlite holds courses created or changed at run time (the "
-        "esker-courses service's) and whose secrets/ hold the encrypted S3 keys. $ESKER_STATE_DIR, "
-        "default /srv/jupyterhub/esker (the hub's persistent volume in z2jh).",
-    ).tag(config=True)
-
     @default("course_home")
     def _default_course_home(self):
         return os.environ.get("ESKER_COURSE_HOME", "/home/jovyan")
@@ -121,10 +85,6 @@ class EskerKubeSpawner(KubeSpawner):
     @default("course_datasets_claim")
     def _default_course_datasets_claim(self):
         return os.environ.get("ESKER_COURSE_DATASETS_CLAIM", "esker-datasets")
-
-    @default("course_state_dir")
-    def _default_course_state_dir(self):
-        return os.environ.get("ESKER_STATE_DIR", "/srv/jupyterhub/esker")
 
     @default("profile_list")
     def _default_profile_list(self):
@@ -135,94 +95,19 @@ class EskerKubeSpawner(KubeSpawner):
         # Esker's kubernetes.namespace (the chart renders it as the release's namespace).
         return self.esker_config["kubernetes"]["namespace"]
 
-    @default("apply_user_options")
-    def _default_apply_user_options(self):
-        return _apply_user_options
-
-    @property
-    def esker_config(self) -> esker_config.EskerConfig:
-        return load_config(self.config_file)
-
-    @property
-    def catalog(self) -> Catalog:
-        cfg = self.esker_config
-        if getattr(self, "_catalog_for", None) is not cfg:
-            self._catalog, self._catalog_for = Catalog.from_config(cfg), cfg
-        return self._catalog
-
-    @property
-    def esker_user(self) -> UserInfo:
-        groups = getattr(self.user, "groups", None) or ()
-        return UserInfo(
-            name=self.user.name,
-            groups=frozenset(getattr(g, "name", g) for g in groups),
-            admin=bool(getattr(self.user, "admin", False)),
-        )
-
     def esker_names(self) -> ko.Names:
         return ko.Names(
             namespace=self.namespace, pod=self.pod_name, user_slug=self._expand_user_properties("{safe_username}")
         )
 
-    def esker_select(self, user_options: Any) -> Selection:
-        """Validate a request; refuse it with an HTTP error (the catalog's 400 or 403)."""
-        if user_options is not None and not isinstance(user_options, Mapping):
-            raise web.HTTPError(400, "user_options must be an object")
-        try:
-            return select(self.catalog, self.esker_user, user_options)
-        except OptionError as e:
-            raise web.HTTPError(e.status, str(e)) from None
-
-    def esker_grants(self, sel: Selection) -> Mapping[str, Mapping[str, str]]:
-        """What services prepared for this server (``{"storage": {...}}``), set by esker_prepare_grants.
-        Called more than once per start: returns the same grants."""
-        return getattr(self, "_esker_grants", {})
-
-    @property
-    def esker_storage(self):
-        """The S3 provisioning service (one per hub process), or None when object storage is off."""
-        cfg = self.esker_config
-        if not cfg["storage"]["enabled"]:
-            return None
-        key = (cfg.source, self.course_state_dir)
-        if key not in _storage_cache:
-            _storage_cache[key] = StorageService.from_config(cfg, self.course_state_dir, mode="kubernetes")
-        return _storage_cache[key]
-
-    async def esker_prepare_grants(self, sel: Selection) -> None:
-        """Per-user S3 identity and bucket, the same service as embedded mode (RGW Admin Ops API)."""
-        self._esker_grants = {}
-        required = sel.profile.storage == "required"
-        try:
-            storage = self.esker_storage if sel.profile.storage != "none" else None
-            if storage is None:
-                if required:
-                    raise RuntimeError("object storage is not configured on this hub")
-                return
-            grant = await storage.prepare(self.user.name, groups=self.esker_user.groups, admin=self.esker_user.admin)
-        except Exception as e:
-            if required:
-                raise web.HTTPError(503, f"Object storage is unavailable, and {sel.profile.display_name} "
-                                    f"needs it: {e}") from None
-            self.log.warning("Starting %s without object storage: %s", self._log_name, e)
-            return
-        self._esker_grants = {"storage": grant}
-
     def esker_plan(self, sel: Selection) -> LaunchPlan:
         cfg = self.esker_config.data
         names = self.esker_names()
-        placement = ko.kubernetes_placement(sel, cfg, self.esker_grants(sel))
+        placement = ko.kubernetes_placement(sel, cfg, self._esker_grants, home=self.course_home)
         return build_plan(sel, placement, ko.kubernetes_site(cfg, names, sel.image))
 
-    def esker_courses(self) -> list:
-        """The courses this user takes or teaches: esker.yaml's, with the service's runtime changes."""
-        courses = effective_courses(self.esker_config, self.course_state_dir) if self.course_state_dir \
-            else courses_from_config(self.esker_config)
-        return courses_for(self.esker_user, courses)
-
-    def esker_course_pod(self, plan: LaunchPlan, base: Mapping[str, Any]) -> dict:
+    def esker_course_pod(self, plan: LaunchPlan, base: Mapping[str, Any], courses: list[Course]) -> dict:
         """Init containers, volumes and mounts for the user's courses (content merge, datasets)."""
-        courses = self.esker_courses()
         out = {"init_containers": [], "volumes": [], "volume_mounts": []}
         if not courses:
             return out
@@ -250,7 +135,8 @@ class EskerKubeSpawner(KubeSpawner):
 
     async def load_user_options(self):
         """Validate ``user_options`` and apply the launch plan (replaces KubeSpawner's profile handling)."""
-        plan = self.esker_plan(self.esker_select(self.user_options))
+        sel = self.esker_select(self.user_options)
+        plan = self.esker_plan(sel)
         if not hasattr(self, "_esker_base"):
             self._esker_base = {k: copy.deepcopy(getattr(self, k)) for k in _APPLIED}
         base, cfg, names = self._esker_base, self.esker_config.data, self.esker_names()
@@ -265,7 +151,7 @@ class EskerKubeSpawner(KubeSpawner):
         self.extra_resource_limits = {**base["extra_resource_limits"], **extra}
         self.node_selector = {**base["node_selector"], **gpu["node_selector"]}
         self.tolerations = _with(base["tolerations"], gpu["tolerations"], "esker-gpu")
-        course = self.esker_course_pod(plan, base)
+        course = self.esker_course_pod(plan, base, courses_for(sel.user, self._esker_courses if self._esker_courses is not None else self.esker_courses()))
         self.volumes = _with(_with(base["volumes"], [volume], ko.SCRATCH_VOLUME), course["volumes"],
                              ko.DATASETS_VOLUME)
         self.volume_mounts = _with(_with(base["volume_mounts"], [mount], ko.SCRATCH_VOLUME),
@@ -299,10 +185,14 @@ class EskerKubeSpawner(KubeSpawner):
             out.append(pvc)
         return out + self.esker_objects()
 
-    async def _start(self):
-        # Refuse a forged or stale request before anything exists; KubeSpawner's _start loads again
-        # (idempotent: the plan is re-applied to the same base).
-        await self.esker_prepare_grants(self.esker_select(self.user_options))
+    _esker_courses: list | None = None  # read once per start, by esker_prepare
+    _esker_grants: Mapping = {}
+
+    async def esker_prepare(self, sel: Selection) -> None:
+        """Grants first, then the plan on KubeSpawner's traits, then the objects beside the pod. KubeSpawner's
+        _start loads the options again: idempotent, the plan is re-applied to the same base."""
+        self._esker_courses = self.esker_courses()
+        self._esker_grants = await self.esker_grants(sel, self._esker_courses)
         await self.load_user_options()
         if self.enable_user_namespaces:
             await self._ensure_namespace()
@@ -313,23 +203,29 @@ class EskerKubeSpawner(KubeSpawner):
             except ApiException as e:
                 if e.status != 409:  # left by an earlier start: same name, same content
                     raise
-        return await super()._start()
+        self.plan = self.esker_launch_plan
 
     async def stop(self, now=False):
-        names = self.esker_names()
-        spark = ko.spark_mode(self.esker_config.data)
-        if spark == "kubernetes":
+        if ko.spark_mode(self.esker_config.data) == "kubernetes":
+            names = self.esker_names()
             try:
                 await delete_executors(self.api, names)
             except ApiException as e:
                 self.log.warning("Could not delete Spark executors of %s: %s", names.pod, e.reason)
         await super().stop(now=now)
-        if spark:
-            for kind in ("RoleBinding", "Role", "ServiceAccount", "Service"):
-                client, _, delete = _API[kind]
-                name = names.driver_service if kind == "Service" else names.service_account
-                try:
-                    await getattr(shared_client(client), delete)(name, self.namespace)
-                except ApiException as e:
-                    if e.status != 404:
-                        self.log.warning("Could not delete %s %s: %s", kind, name, e.reason)
+
+    async def esker_release(self) -> None:
+        """The Spark driver Service and RBAC go with the server, also after a failed start."""
+        self._esker_courses, self._esker_grants, self.plan = None, {}, None
+        await super().esker_release()
+        if not ko.spark_mode(self.esker_config.data):
+            return
+        names = self.esker_names()
+        for kind in ("RoleBinding", "Role", "ServiceAccount", "Service"):
+            client, _, delete = _API[kind]
+            name = names.driver_service if kind == "Service" else names.service_account
+            try:
+                await getattr(shared_client(client), delete)(name, self.namespace)
+            except ApiException as e:
+                if e.status != 404:
+                    self.log.warning("Could not delete %s %s: %s", kind, name, e.reason)

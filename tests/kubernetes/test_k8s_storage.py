@@ -10,6 +10,7 @@ import yaml
 from tornado import web
 
 from esker.cli import preview as cli_preview
+from esker import resources
 from esker.spawner import kubernetes as kube
 from esker.core.plan import build_plan, select
 
@@ -36,7 +37,7 @@ class FakeStorage:
 
 
 def config(tmp_path, storage_policy="optional"):
-    data = yaml.safe_load(open(kube.resources.SHIPPED_CONFIG))
+    data = yaml.safe_load(open(resources.SHIPPED_CONFIG))
     data["storage"]["endpoint"] = "http://rgw.ceph.svc:80"
     for p in data["profiles"]:
         p["storage"] = storage_policy
@@ -48,8 +49,8 @@ def config(tmp_path, storage_policy="optional"):
 def spawn_env(config_file, storage, profile="minimal"):
     async def run():
         sp = cli_preview.make_spawner("alice", ("instructors",), False, config_file, {"profile": profile})
-        kube._storage_cache[(sp.esker_config.source, sp.course_state_dir)] = storage
-        await sp.esker_prepare_grants(sp.esker_select(sp.user_options))
+        sp.runtime.storage = storage  # this test's own runtime (its own config file)
+        sp._esker_grants = await sp.esker_grants(sp.esker_select(sp.user_options), [])
         pod = (await sp.esker_manifests())[0]
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         return sp, env

@@ -18,6 +18,7 @@ from esker.cli import preview as cli_preview
 from esker.resources import SHIPPED_CONFIG as DEFAULT_CONFIG
 from esker.spawner import k8s_objects as ko
 from esker.spawner import kubernetes as kube
+from esker.core import config
 from esker.core.catalog import Catalog, UserInfo
 from esker.core.plan import Site, build_plan, select
 
@@ -76,7 +77,7 @@ def pod_env(pod):
 
 
 def expected_plan(config_file, opts, user="alice", groups=("gpu-users",), pod="jupyter-alice", slug="alice"):
-    cfg = kube.load_config(config_file).data
+    cfg = config.load(config_file).data
     sel = select(Catalog.from_config(cfg), UserInfo(user, frozenset(groups)), opts)
     names = ko.Names(cfg["kubernetes"]["namespace"], pod, slug)
     return cfg, sel, build_plan(sel, ko.kubernetes_placement(sel, cfg), ko.kubernetes_site(cfg, names, sel.image))
@@ -85,7 +86,7 @@ def expected_plan(config_file, opts, user="alice", groups=("gpu-users",), pod="j
 @pytest.mark.parametrize("variant", CONFIGS)
 def test_every_profile_and_choice_gives_valid_manifests_with_the_plan_env(tmp_path, variant):
     config_file = write_config(tmp_path, **CONFIGS[variant])
-    catalog = Catalog.from_config(kube.load_config(config_file))
+    catalog = Catalog.from_config(config.load(config_file))
     seen = 0
     for opts in combinations(catalog):
         docs = manifests(config_file, **opts)
@@ -144,13 +145,9 @@ def test_env_reaches_the_process_byte_for_byte_even_with_braces_and_references(t
     secret = "s3cr{username}t$(ESKER_PROFILE)/x}"
     grant = {"storage": {"endpoint": "http://rgw.ceph:80", "access_key": "AK", "secret_key": secret, "bucket": "b"}}
 
-    class Granted(kube.EskerKubeSpawner):
-        def esker_grants(self, sel):
-            return MappingProxyType(grant)
-
     async def run():
         sp = cli_preview.make_spawner("alice", (), False, config_file, {"profile": "minimal"})
-        sp.__class__ = Granted
+        sp._esker_grants = MappingProxyType(grant)  # what esker_prepare sets from the services' grants
         return (await sp.esker_manifests())[0]
 
     env = pod_env(asyncio.run(run()))
@@ -212,7 +209,7 @@ def test_forged_options_are_refused_before_anything_is_created(tmp_path, monkeyp
         with pytest.raises(HTTPError) as hook:
             sp.apply_user_options(sp, sp.user_options)  # JupyterHub's hook, before start
         with pytest.raises(HTTPError) as start:
-            await sp._start()
+            await sp.start()
         with pytest.raises(HTTPError):
             await sp.esker_manifests()
         return hook.value, start.value
@@ -226,7 +223,7 @@ def test_forged_options_are_refused_before_anything_is_created(tmp_path, monkeyp
         sp = cli_preview.make_spawner("alice", ("gpu-users",), False, config_file, {"profile": "spark"})
         sp.api = Recorder()
         sp.apply_user_options(sp, sp.user_options)
-        return await sp._start()
+        return await sp.start()
 
     assert asyncio.run(ok()) == "http://pod:8888"
     assert calls == ["create_namespaced_service_account", "create_namespaced_role",
@@ -310,7 +307,7 @@ def test_stop_deletes_executors_then_the_pod_then_the_spark_objects(tmp_path, mo
 
 
 def test_prepull_images_is_the_catalogs_image_list():
-    catalog = Catalog.from_config(kube.load_config(str(DEFAULT_CONFIG)))
+    catalog = Catalog.from_config(config.load(str(DEFAULT_CONFIG)))
     assert kube.prepull_images(catalog) == [p.image for p in catalog.profiles]
 
 

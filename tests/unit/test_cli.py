@@ -41,4 +41,4 @@ def test_configuration_reference_is_current():
     assert committed == docs.render(), "docs/configuration.md is stale: run `make docs`"
     for field in ("profiles[].gpus", "spark.cores_per_user", "scratch.root", "gpus.devices"):
         assert f"`{field}`" in committed
-    assert "c.EskerLocalSpawner.state_dir" in committed
+    assert "c.EskerSpawner.state_dir" in committed

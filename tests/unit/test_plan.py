@@ -17,7 +17,7 @@ from esker.core import config
 from esker.app import configurer as traits
 from esker.state.ledger import Ledger, NoCapacity
 from esker.core.catalog import Catalog, UserInfo
-from esker.spawner.local import options_from_form
+from esker.spawner.base import options_from_form
 from esker.core.plan import OptionError, Placement, Site, SparkSite, build_plan, select
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,291 @@
+"""EskerSpawner: every spawn policy, written once, for both backends.
+
+The spawn form and its parser, request validation (one ``select()`` per ``user_options``, refused with
+its HTTP status before anything is taken), the GPU count check, the seat check, the courses a user
+takes, the object-storage policy (required / optional / none), progress messages, spawn metrics and the
+release after a failed start all live here. A backend (``EskerLocalSpawner``, ``EskerKubeSpawner``) is
+this class in front of its JupyterHub spawner and adds only placement and lifecycle:
+
+- :meth:`esker_prepare` takes what the plan needs and sets ``self.plan`` (before the server starts);
+- :meth:`esker_release` gives it back (after stop, or after a failed start; safe to call twice);
+- :meth:`gpu_capacity` says how many GPUs exist (``None``: the cluster's scheduler decides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import jinja2
+from jupyterhub.spawner import Spawner
+from tornado import web
+from traitlets import Any as AnyTrait
+from traitlets import Unicode, default
+
+from esker import metrics, resources
+from esker.core.catalog import Catalog, UserInfo
+from esker.core.config import EskerConfig
+from esker.core.plan import OptionError, Selection, select
+from esker.courses.content import course_grant
+from esker.courses.model import Course
+from esker.courses.reservations import machine_capacity
+from esker.courses.seats import SeatRefused, active_promises, check_seat, running_from_db
+from esker.runtime import Runtime, default_state_dir, get_runtime
+from esker.state.coursestore import CourseStore, effective_courses
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+    autoescape=True,
+)
+
+
+def options_from_form(form_data: dict) -> dict:
+    """KubeSpawner's form convention -> user_options: ``profile`` and ``profile-option-<slug>--<opt>``.
+
+    Only the chosen profile's options are kept; validation happens later, against the catalog.
+    """
+    def one(v):
+        return v[0] if isinstance(v, list) and v else v
+
+    slug = one(form_data.get("profile", ""))
+    opts: dict = {"profile": slug} if slug else {}
+    prefix = f"profile-option-{slug}--"
+    for key, value in form_data.items():
+        if key.startswith(prefix):
+            opts[key[len(prefix):]] = one(value)
+    return opts
+
+
+def _apply_user_options(spawner: "EskerSpawner", user_options: Any) -> None:
+    spawner.esker_validate(user_options)
+
+
+class EskerSpawner(Spawner):
+    """Esker's policy in front of a JupyterHub spawner; backends subclass it with their spawner class."""
+
+    mode = "embedded"  # the backend's mode: which runtime, site and placement it uses
+
+    config_file = Unicode(
+        config=True,
+        help="Esker configuration file (esker.yaml). Default: $ESKER_CONFIG, else the shipped esker.yaml.",
+    )
+    state_dir = Unicode(
+        config=True,
+        help="Esker state directory: courses changed at run time (courses.sqlite), the encrypted S3 keys "
+        "(secrets/) and, in embedded mode, environments, scratch and the allocation ledger. Default: "
+        "$ESKER_STATE_DIR, else /var/lib/esker as root in embedded mode and /srv/jupyterhub/esker (the hub's "
+        "persistent volume in z2jh) on Kubernetes.",
+    )
+
+    selection = AnyTrait(None, allow_none=True, help="The validated request (set before start).")
+    plan = AnyTrait(None, allow_none=True, help="The launch plan of the running server.")
+
+    @default("config_file")
+    def _default_config_file(self):
+        return str(resources.default_config())
+
+    @default("state_dir")
+    def _default_state_dir(self):
+        return default_state_dir(self.mode)
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self._render_options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return options_from_form
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return _apply_user_options
+
+    # -- what the hub knows ---------------------------------------------------------------------------
+    @property
+    def runtime(self) -> Runtime:
+        return get_runtime(self.config_file, self.state_dir, self.mode)
+
+    @property
+    def esker_config(self) -> EskerConfig:
+        return self.runtime.config
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.runtime.catalog
+
+    @property
+    def esker_user(self) -> UserInfo:
+        groups = getattr(self.user, "groups", None) or ()
+        return UserInfo(
+            name=self.user.name,
+            groups=frozenset(getattr(g, "name", g) for g in groups),
+            admin=bool(getattr(self.user, "admin", False)),
+        )
+
+    @property
+    def owner_key(self) -> str:
+        return f"{self.user.name}/{self.name}"
+
+    def gpu_capacity(self) -> int | None:
+        """GPUs this hub hands out; ``None`` when a scheduler elsewhere decides (Kubernetes)."""
+        return None
+
+    def esker_courses(self) -> list[Course]:
+        """Every course: esker.yaml's, with the courses service's run-time changes."""
+        return effective_courses(self.esker_config, self.state_dir)
+
+    # -- the spawn form -------------------------------------------------------------------------------
+    def _render_options_form(self, spawner=None):
+        profiles = self.catalog.profile_list(self.esker_user, gpus_available=self.gpu_capacity())
+        return _TEMPLATES.get_template("profiles.html").render(profiles=profiles)
+
+    # -- validation: before anything is taken ---------------------------------------------------------
+    def esker_select(self, user_options: Any) -> Selection:
+        """The validated request, computed once per ``user_options`` (and catalog); a forged or stale one
+        is refused with the catalog's 4xx, or 409 when it asks for more GPUs than exist."""
+        if user_options is not None and not isinstance(user_options, Mapping):
+            metrics.spawn_refused("", "options")
+            raise web.HTTPError(400, "user_options must be an object")
+        key = (json.dumps(dict(user_options or {}), sort_keys=True, default=str), id(self.catalog))
+        cached = getattr(self, "_esker_selected", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            sel = select(self.catalog, self.esker_user, user_options)
+        except OptionError as e:
+            metrics.spawn_refused((user_options or {}).get("profile", ""), "options")
+            raise web.HTTPError(e.status, str(e)) from None
+        gpus = self.gpu_capacity()
+        if gpus is not None and sel.gpus > gpus:
+            metrics.spawn_refused(sel.profile.slug, "no_gpu")
+            raise web.HTTPError(409, f"{sel.profile.display_name} with {sel.gpus} GPU(s) cannot start here: "
+                                f"this hub has {gpus} GPU(s)")
+        self._esker_selected = (key, sel)
+        self.selection = sel
+        return sel
+
+    def esker_validate(self, user_options: Any) -> Selection:
+        """JupyterHub's ``apply_user_options``: the request, then the seat check."""
+        sel = self.esker_select(user_options)
+        self.esker_check_seat(sel)
+        return sel
+
+    def esker_check_seat(self, sel: Selection) -> None:
+        """Seats promised to a course in its window are kept for its participants (503 otherwise)."""
+        store = os.path.join(self.state_dir, "courses.sqlite")
+        booked = CourseStore(store).reservations() if os.path.exists(store) else []
+        if not active_promises(booked, datetime.now(timezone.utc)):
+            return  # nothing promised now: skip the course list, the capacity probe and the server query
+        rt = self.runtime
+        try:
+            check_seat(self.esker_user, sel, catalog=rt.catalog, courses=self.esker_courses(), reservations=booked,
+                       capacity=machine_capacity(rt.config, rt.state_dir, self.gpu_capacity()),
+                       running_by_profile=running_from_db(self.user.db, rt.catalog, exclude=self.user.name))
+        except SeatRefused as e:
+            raise web.HTTPError(e.status, str(e)) from None
+
+    # -- what services prepare ------------------------------------------------------------------------
+    async def esker_grants(self, sel: Selection, courses: list[Course]) -> dict[str, Mapping[str, str]]:
+        """What services prepared for this server, by service: ``courses`` and ``storage`` when present."""
+        grants: dict[str, Mapping[str, str]] = {}
+        mine = course_grant(courses, sel.user)
+        if mine:
+            grants["courses"] = mine
+        storage = await self.esker_storage_grant(sel)
+        if storage:
+            grants["storage"] = storage
+        return grants
+
+    async def esker_storage_grant(self, sel: Selection) -> Mapping[str, str] | None:
+        """The user's S3 identity and bucket, by the profile's policy: ``required`` refuses to start without
+        it (503), ``optional`` starts without it and says so, ``none`` never asks."""
+        if sel.profile.storage == "none":
+            return None
+        storage = self.runtime.storage
+        if storage is None:
+            if sel.profile.storage == "required":
+                raise web.HTTPError(503, f"{sel.profile.display_name} needs object storage, "
+                                    "which is not configured on this hub")
+            return None
+        try:
+            grant = await storage.prepare(self.user.name, groups=sel.user.groups, admin=sel.user.admin)
+        except Exception as e:
+            metrics.s3_provisioning_failed()
+            if sel.profile.storage == "required":
+                raise web.HTTPError(503, f"Object storage is unavailable, and {sel.profile.display_name} "
+                                    f"needs it: {e}") from None
+            self.log.warning("starting %s without object storage: %s", self._log_name, e)
+            self.esker_event(75, f"Object storage is unavailable ({e}); starting without it")
+            return None
+        self.esker_event(75, f"Object storage ready: bucket {grant['bucket']}")
+        return grant
+
+    # -- progress -------------------------------------------------------------------------------------
+    def esker_event(self, progress: int, message: str) -> None:
+        self._esker_events = [*self._esker_events, {"progress": progress, "message": message}]
+        self.log.info("%s: %s", self._log_name, message)
+
+    async def progress(self):
+        """Esker's own messages while it prepares, then the backend's (process or pod events)."""
+        sent = 0
+        while True:
+            events = self._esker_events
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if self._esker_prepared:
+                break
+            await asyncio.sleep(0.2)
+        async for event in super().progress():
+            yield event
+
+    _esker_events: list | tuple = ()  # this start's messages (a new list per message: progress re-reads it)
+    _esker_prepared = True
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def esker_prepare(self, sel: Selection) -> None:
+        """The backend's placement: take what the plan needs and set ``self.plan``."""
+        raise NotImplementedError
+
+    async def esker_release(self) -> None:
+        """The backend gives back what :meth:`esker_prepare` took (extend with ``super()``)."""
+        metrics.server_stopped(self.owner_key)
+
+    async def start(self):
+        self._esker_events, self._esker_prepared = [], False
+        started = sel = None
+        try:
+            sel = self.esker_select(self.user_options)
+            started = metrics.spawn_started(sel.profile.slug)
+            self.esker_event(2, f"Preparing {sel.profile.display_name} for {self.user.name}")
+            await self.esker_prepare(sel)
+            self._esker_prepared = True
+            url = await super().start()
+            metrics.watch_ready(self, sel.profile.slug, started, key=self.owner_key)
+            return url
+        except BaseException as e:
+            self._esker_prepared = True
+            if started is not None:  # refused requests took nothing
+                metrics.spawn_finished(sel.profile.slug, "failure", time.monotonic() - started,
+                                       metrics.failure_reason(e))
+                await self.esker_release()
+            raise
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now=now)
+        finally:
+            await self.esker_release()
+
+    async def poll(self):
+        status = await super().poll()
+        if status is None and self.selection is not None:
+            metrics.server_running(self.owner_key, self.selection.profile.slug)
+        elif status is not None:
+            metrics.server_stopped(self.owner_key)
+        return status

@@ -1,0 +1,130 @@
+"""The same profile and choices give the same environment in both modes, for every profile and choice,
+Spark, object storage and courses included.
+
+The embedded side is what EskerLocalSpawner.esker_prepare builds (embedded_placement + build_plan with the
+services' grants); the Kubernetes side is the pod EskerKubeSpawner renders with KubeSpawner's own builder,
+offline, from the same grants. Only the facts of placement may differ (where scratch and the home are
+mounted, how the Spark driver is reached), and each must be what that mode's placement says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import shlex
+
+import pytest
+import yaml
+
+from esker import resources
+from esker.cli import preview as cli_preview
+from esker.core import config
+from esker.core.catalog import Catalog, UserInfo
+from esker.core.plan import build_plan, select, with_grants
+from esker.courses.content import course_grant
+from esker.courses.model import courses_from_config
+from esker.spawner.embedded import account_name, embedded_placement, embedded_site
+
+HUB_OWNED = re.compile(r"^(JUPYTERHUB_|JPY_|JUPYTER_IMAGE|CPU_|MEM_)")
+# Variables that name a place; checked against each mode's placement instead of against each other.
+PLACED = {"SCRATCH_DIR", "TMPDIR", "ESKER_COURSE_DIR", "SPARK_MASTER", "PYSPARK_SUBMIT_ARGS"}
+# Spark settings that say how this mode reaches its cluster (all else must agree). The driver's web UI is off
+# in embedded mode: it would listen on the shared machine's loopback, open to every user; a pod has its own.
+SPARK_PLACED = re.compile(r"^spark\.(driver\.(host|bindAddress|port|blockManager\.port)|local\.dir|kubernetes\..*"
+                          r"|master|ui\.enabled)$")
+STORAGE = {"endpoint": "http://rgw.example:80", "access_key": "AKALICE", "secret_key": "s3cr3t/+x",
+           "bucket": "esker-alice", "region": "us-east-1", "datasets": "weather=s3://esker-data/weather/"}
+STATE_DIR = "/var/lib/esker"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kubeconfig():
+    with cli_preview.offline_kubeconfig():
+        yield
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    data = yaml.safe_load(resources.SHIPPED_CONFIG.read_text())
+    data["storage"].update(enabled=True, endpoint="http://rgw.example:80")
+    data.setdefault("courses", []).append(
+        {"name": "intro-ml", "display_name": "Intro to ML", "group": "intro-ml",
+         "instructors": ["alice"], "participants": ["bob"]})
+    path = tmp_path_factory.mktemp("modes") / "esker.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def combinations(catalog):
+    for p in catalog.profiles:
+        names = [o.name for o in p.options]
+        for picks in itertools.product(*[[c.name for c in o.choices] for o in p.options]):
+            yield {"profile": p.slug, **dict(zip(names, picks))}
+
+
+def spark_conf(args: str) -> dict[str, str]:
+    words = shlex.split(args)
+    conf = {}
+    for i, w in enumerate(words):
+        if w == "--conf":
+            k, _, v = words[i + 1].partition("=")
+            conf[k] = v
+        elif w == "--master":
+            conf["spark.master"] = words[i + 1]
+    return conf
+
+
+def embedded_env(cfg, sel, grants):
+    account = account_name(cfg, sel.user.name)
+    home = f"{cfg['users']['home_root']}/{account}"
+    placement = embedded_placement(sel, cfg, STATE_DIR, account=account, home=home)
+    return placement, dict(build_plan(sel, with_grants(placement, **grants), embedded_site(cfg.data)).env)
+
+
+def kubernetes_env(config_file, user, groups, opts, grants):
+    async def run():
+        sp = cli_preview.make_spawner(user, groups, False, config_file, opts)
+        sp._esker_grants = grants  # what esker_prepare sets from the same services' grants
+        pod = (await sp.esker_manifests())[0]
+        return sp, {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("user,groups", [("alice", ("gpu-users",)), ("bob", ("intro-ml",))])
+def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(config_file, user, groups):
+    cfg = config.load(config_file)
+    catalog = Catalog.from_config(cfg)
+    who = UserInfo(user, frozenset(groups))
+    grants = {"storage": STORAGE, "courses": course_grant(courses_from_config(cfg), who)}
+    assert grants["courses"]["names"] == "intro-ml"  # the course variables are part of what is compared
+    seen = 0
+    for opts in combinations(catalog):
+        try:
+            sel = select(catalog, who, opts)
+        except Exception:  # a profile this user's groups do not offer: refused alike (tests/kubernetes/test_spawner.py)
+            continue
+        placement, emb = embedded_env(cfg, sel, grants)
+        sp, pod = kubernetes_env(config_file, user, groups, opts, grants)
+        k8s = {k: v for k, v in pod.items() if not HUB_OWNED.match(k)}
+        assert set(emb) == set(k8s), opts
+        assert {k: v for k, v in emb.items() if k not in PLACED} == \
+               {k: v for k, v in k8s.items() if k not in PLACED}, opts
+        # The placed ones are what each mode's placement says.
+        for env, scratch, home in ((emb, placement.scratch_dir, placement.home),
+                                   (k8s, sp.esker_launch_plan.scratch_dir, sp.course_home)):
+            assert env["SCRATCH_DIR"] == scratch and env["TMPDIR"] == f"{scratch}/tmp"
+            assert env["ESKER_COURSE_DIR"] == f"{home}/intro-ml"
+        assert emb.get("ESKER_COURSE_ROLE") == k8s.get("ESKER_COURSE_ROLE") == \
+            ("instructor" if user == "alice" else None)
+        assert emb["AWS_SECRET_ACCESS_KEY"] == k8s["AWS_SECRET_ACCESS_KEY"] == STORAGE["secret_key"]
+        if sel.profile.spark:
+            e, k = spark_conf(emb["PYSPARK_SUBMIT_ARGS"]), spark_conf(k8s["PYSPARK_SUBMIT_ARGS"])
+            assert e["spark.master"] == emb["SPARK_MASTER"] and k["spark.master"] == k8s["SPARK_MASTER"]
+            assert e["spark.local.dir"].startswith(placement.scratch_dir)
+            assert {a: b for a, b in e.items() if not SPARK_PLACED.match(a)} == \
+                   {a: b for a, b in k.items() if not SPARK_PLACED.match(a)}, opts
+            assert e["spark.hadoop.fs.s3a.secret.key"] == STORAGE["secret_key"]
+        seen += 1
+    assert seen == (6 if user == "alice" else 4)  # alice: every choice (gpu-users); bob: no GPU profile
