@@ -129,6 +129,10 @@ SCHEMA = {
                 "hub_port": {**PORT, "default": 0, "description": "Hub API port (0: pick a free one)."},
                 "proxy_api_port": {**PORT, "default": 0, "description": "Proxy API port (0: pick a free one)."},
                 "base_url": {"type": "string", "default": "/", "pattern": "^/", "description": "URL prefix of the hub, e.g. /esker/."},
+                "mode": {"enum": ["embedded", "kubernetes"], "default": "embedded",
+                         "description": "Which backend this file is for: embedded (`esker run`, one machine) or "
+                         "kubernetes (the Helm chart sets it in the ConfigMap it renders). Checks that depend on "
+                         "the backend follow it: on kubernetes a course's content.path is refused."},
                 "admin_users": {
                     "type": "array",
                     "items": {"type": "string"},

@@ -85,9 +85,11 @@ def courses_for(user, courses: Iterable[Course]) -> list[Course]:
 
 def course_problems(cfg) -> list[str]:
     """Checks a schema cannot make; each names the field. Registered with the config loader as the entry
-    point ``esker.config_checks: courses`` (pyproject.toml)."""
+    point ``esker.config_checks: courses`` (pyproject.toml). Backend-dependent checks follow ``hub.mode``
+    (absent, as in the courses service's probe of one course: embedded)."""
     data = getattr(cfg, "data", cfg)
     problems: list[str] = []
+    kubernetes = (data.get("hub") or {}).get("mode") == "kubernetes"
     profiles = [p["slug"] for p in data.get("profiles", ())]
     datasets = [d["name"] for d in (data.get("storage") or {}).get("datasets", ())]
     seen: set[str] = set()
@@ -106,7 +108,13 @@ def course_problems(cfg) -> list[str]:
         content = c.get("content") or {}
         if content.get("path") and content.get("git"):
             problems.append(f"{where}.content: give path or git, not both")
-        if content.get("path"):
+        if content.get("path") and kubernetes:
+            # A folder on the hub machine: notebook pods cannot see it, and a ConfigMap (1 MiB) or an image
+            # build is no way to ship course material. docs/kubernetes.md says why, and what to do.
+            problems.append(f"{where}.content.path: a folder on the hub is not delivered on Kubernetes "
+                            "(hub.mode: kubernetes; pods cannot see the hub's files): publish the notebooks in a "
+                            "git repository and give content.git (with content.ref and content.subdir if needed)")
+        elif content.get("path"):
             p = Path(content["path"])
             folder = p if p.is_absolute() else resources.notebooks_dir() / p
             if ".." in p.parts:

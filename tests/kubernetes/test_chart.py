@@ -188,6 +188,27 @@ def test_config_map_is_a_valid_esker_config_with_the_shipped_catalog():
     assert rendered_config(render(mine))["kubernetes"]["namespace"] == "elsewhere"
 
 
+def test_chart_config_is_for_kubernetes_and_refuses_content_path_courses():
+    from esker.core.config import ConfigError
+
+    cfg = rendered_config(render())
+    assert cfg["hub"]["mode"] == "kubernetes" and validate(cfg)["hub"]["mode"] == "kubernetes"
+    git = {"name": "intro-git", "group": "intro-git", "content": {"git": "https://example.org/intro.git"}}
+    path = {"name": "intro-path", "group": "intro-path", "content": {"path": "courses/intro-ml"}}
+    ok = rendered_config(render(merge(OFFLINE, {"esker": {"config": {"courses": [git]}}})))
+    assert validate(ok)["courses"][0]["content"]["git"] == git["content"]["git"]
+    # The hub loads this file at start (and `esker check` reads it the same way): it stops, naming the field.
+    with pytest.raises(ConfigError) as e:
+        validate(rendered_config(render(merge(OFFLINE, {"esker": {"config": {"courses": [git, path]}}}))))
+    (problem,) = e.value.problems
+    assert problem.startswith("courses[1].content.path: ") and "content.git" in problem
+    # The operator's own hub settings are kept; the mode is the chart's.
+    kept = rendered_config(render(merge(OFFLINE, {"esker": {"config": {"hub": {"log_level": "DEBUG"}}}})))
+    assert kept["hub"] == {"log_level": "DEBUG", "mode": "kubernetes"}
+    with pytest.raises(helm.HelmValuesError):
+        render(merge(OFFLINE, {"esker": {"config": {"hub": {"mode": "embedded"}}}}))
+
+
 def test_spark_master_and_workers_match_the_config():
     docs = render()
     cfg = validate(rendered_config(docs)).data

@@ -89,6 +89,30 @@ def test_semantic_problems_name_the_field():
     assert "courses[2].seats: seats are reserved during a window" in text
 
 
+def test_content_path_is_refused_in_kubernetes_mode_only_naming_the_field_and_the_way_out():
+    git = course(name="git-course", group="git-course", content={"git": "https://example.org/c.git"})
+    courses = [course(name="a", group="a"), git, course(name="b", group="b", content={"path": "courses/intro-ml"})]
+    embedded = cfg_with(courses)  # the folder exists: fine on one machine
+    assert embedded["hub"]["mode"] == "embedded" and model.course_problems(embedded) == []
+    data = copy.deepcopy(BASE)
+    data["courses"] = courses
+    data["hub"] = {**data.get("hub", {}), "mode": "kubernetes"}
+    with pytest.raises(config_mod.ConfigError) as e:  # the hub (and `esker check`) stop here, naming each one
+        config_mod.validate(data)
+    refused = [p for p in e.value.problems if ".content.path:" in p]
+    assert [p.split(":")[0] for p in refused] == ["courses[0].content.path", "courses[2].content.path"]
+    assert all("not delivered on Kubernetes" in p and "content.git" in p for p in refused)
+    assert len(e.value.problems) == 2  # content.git courses are fine there; nothing else is refused
+    # A folder that does not exist is refused for the same reason, not as a missing folder.
+    data["courses"] = [course(content={"path": "no/such/folder"})]
+    with pytest.raises(config_mod.ConfigError) as e:
+        config_mod.validate(data)
+    (problem,) = e.value.problems
+    assert problem.startswith("courses[0].content.path: ") and "not delivered on Kubernetes" in problem
+    data["courses"] = [git]
+    assert config_mod.validate(data)["hub"]["mode"] == "kubernetes"
+
+
 # ------------------------------------------------------------------------------------ merge rules
 def write(p: Path, text: str):
     p.parent.mkdir(parents=True, exist_ok=True)

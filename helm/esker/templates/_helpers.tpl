@@ -8,11 +8,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
 {{/* The Esker configuration the hub reads: .Values.esker.config, with kubernetes.namespace defaulting
-     to the release's namespace. */}}
+     to the release's namespace, and hub.mode kubernetes (the checks that depend on the backend follow it). */}}
 {{- define "esker.config" -}}
 {{- $cfg := deepCopy .Values.esker.config -}}
 {{- $k8s := merge (deepCopy ($cfg.kubernetes | default dict)) (dict "namespace" .Release.Namespace) -}}
 {{- $_ := set $cfg "kubernetes" $k8s -}}
+{{- $hub := merge (dict "mode" "kubernetes") (deepCopy ($cfg.hub | default dict)) -}}
+{{- $_ := set $cfg "hub" $hub -}}
 {{- toYaml $cfg -}}
 {{- end }}
 
