@@ -1,6 +1,26 @@
 """RGW's Admin Ops REST API (``/admin/user``, ``/admin/user?key``), SigV4-signed with botocore, every call
 bounded by a deadline shared across the steps of one operation. Only HTTP: the same client manages the
-embedded Ceph, a Rook cluster or any external gateway.
+embedded Ceph, a Rook cluster or any external gateway. No retries (a refused gateway fails on the
+first attempt); TLS is verified against the system's CA store (urllib3's default).
+
+Why not the PyPI package ``rgwadmin`` (2.4.6, tried against the embedded Ceph 16.2): it covers every call
+made here and is synchronous like this client (the service runs each operation in a worker thread), but
+
+* it puts values into the query unencoded (``'uid=%s&display-name=%s' % ...``), and the display name is
+  the hub username: ``a+b@example.org`` was stored as ``a b@example.org``, ``x&y`` as ``x``, ``hash#tag``
+  failed with SignatureDoesNotMatch, and ``mallory&user-caps=users=*`` created a user holding the admin cap
+  ``users=*``. Every value would need quoting here before each call, which is the query half of this module;
+* its timeout is one number per client (requests' connect/read timeout), while one operation here shares a
+  deadline across several calls and runs beside others in threads: a client per call, or writes to its
+  private ``_timeout``;
+* its exceptions drop the HTTP status (any non-2xx answer without a JSON body is ``ServerDown``, a wrong
+  secret a bare ``RGWAdminException('SignatureDoesNotMatch')``), so telling :class:`StorageUnavailable`
+  from :class:`StorageError` would rest on a list of error codes;
+* it takes a host and a ``secure`` flag rather than the endpoint URL (and sends that host as the Host
+  header, so an endpoint with a path cannot be used), adds requests-aws4auth while botocore stays for S3,
+  and its code is that of 2.4.5 (January 2024): 2.4.6 changes only the version string.
+
+The asynchronous fork ``aiorgwadmin`` has the same fixed timeout and error model and adds aiohttp.
 """
 
 from __future__ import annotations
