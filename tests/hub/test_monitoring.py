@@ -174,15 +174,28 @@ def test_spark_collector_caches_and_reports_down():
 
 
 def test_spark_collector_never_blocks_a_scrape_on_a_slow_master():
+    """A master that does not answer: scrapes return (master down) while its fetch is still running, and
+    they do not pile up fetches behind it."""
+    import threading
+
+    release, finished = threading.Event(), threading.Event()
+    started = []
+
     def slow(port, timeout):
-        time.sleep(5)
+        started.append(timeout)
+        release.wait(60)  # held until the scrapes are done; a scrape that waited for it would see it end
+        finished.set()
         return MASTER_JSON
 
     c = metrics.SparkCollector(1, interval=0.01, timeout=0.3, fetch=slow)
-    t = time.monotonic()
-    list(c.collect())
-    list(c.collect())
-    assert time.monotonic() - t < 2
+    try:
+        first, second = list(c.collect()), list(c.collect())
+        assert not finished.is_set()  # both scrapes returned while the fetch was still in flight
+        assert started == [0.3]  # one fetch, given the collector's timeout; the second scrape started none
+        for scrape in (first, second):
+            assert [(s.name, s.value) for m in scrape for s in m.samples] == [("esker_spark_master_up", 0)]
+    finally:
+        release.set()
 
 
 # ------------------------------------------------------------------------------------------- dashboard

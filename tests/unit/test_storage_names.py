@@ -151,35 +151,85 @@ def test_key_store_uid_owned_once(tmp_path):
         store.put(Identity("mallory", "esker-alice", "esker-alice", "B", "T"))
 
 
-def test_slow_gateway_gives_storage_unavailable_quickly(tmp_path):
-    """A gateway that accepts connections and never answers: prepare gives up within the timeout."""
+def _spy_http(svc):
+    """Record what the Admin Ops client hands urllib3 (its timeout) and what urllib3 raises, per call."""
+    admin = svc.admin()
+    real = admin._http.request
+    calls = []
+
+    def request(method, url, **kw):
+        call = {"timeout": kw.get("timeout"), "error": None}
+        calls.append(call)
+        try:
+            return real(method, url, **kw)
+        except Exception as e:
+            call["error"] = e
+            raise
+
+    admin._http.request = request
+    return calls
+
+
+def test_slow_gateway_gives_storage_unavailable_within_the_timeout(tmp_path):
+    """A gateway that accepts connections and never answers: the client's own read timeout (bounded by
+    storage.timeout) ends the call, on its first connection, so no worker thread is left waiting."""
     import asyncio
     import socket
-    import time
+    import threading
 
+    import urllib3
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
+    # asyncio.run waits for its worker thread: a client without a read timeout would hang the test.
+    # Closing the socket after a minute resets that connection, and the checks below then fail.
+    guard = threading.Timer(60, srv.close)
+    guard.start()
     try:
         svc = StorageService(f"http://127.0.0.1:{srv.getsockname()[1]}", ("AK", "SK"), tmp_path, timeout=1.5)
-        t0 = time.monotonic()
+        calls = _spy_http(svc)
         with pytest.raises(StorageUnavailable, match="did not answer|timed out"):
             asyncio.run(svc.prepare("alice"))
-        assert time.monotonic() - t0 < 3.0
+        guard.cancel()
         assert svc.store.get("alice") is None
+        assert len(calls) == 1
+        timeout = calls[0]["timeout"]
+        assert None not in (timeout.connect_timeout, timeout.read_timeout), timeout  # both bounded ...
+        assert 0 < timeout.connect_timeout <= 1.5 and 0 < timeout.read_timeout <= 1.5  # ... by storage.timeout
+        # urllib3 raises the read timeout itself, not MaxRetryError (what a retry loop ends in) ...
+        assert isinstance(calls[0]["error"], urllib3.exceptions.ReadTimeoutError)
+        # ... and the gateway saw exactly one connection.
+        srv.setblocking(False)
+        accepted = []
+        while True:
+            try:
+                accepted.append(srv.accept()[0])
+            except BlockingIOError:
+                break
+        for c in accepted:
+            c.close()
+        assert len(accepted) == 1
     finally:
+        guard.cancel()
         srv.close()
 
 
-def test_refused_gateway_gives_storage_unavailable(tmp_path):
+def test_refused_gateway_gives_storage_unavailable_at_once(tmp_path):
+    """A refused connection ends the operation on the first attempt: no retry, no wait for the deadline."""
     import asyncio
-    import time
+
+    import urllib3
 
     from esker.system.ports import free_port
 
-    svc = StorageService(f"http://127.0.0.1:{free_port()}", ("AK", "SK"), tmp_path, timeout=2)
-    t0 = time.monotonic()
-    with pytest.raises(StorageUnavailable, match="unreachable"):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    svc = StorageService(endpoint, ("AK", "SK"), tmp_path, timeout=2)
+    calls = _spy_http(svc)
+    with pytest.raises(StorageUnavailable) as e:
         asyncio.run(svc.prepare("alice"))
-    assert time.monotonic() - t0 < 1.0
+    # The refusal's message, not the deadline's ("did not answer within 2 s").
+    assert str(e.value) == f"object storage at {endpoint} is unreachable (connection refused)"
+    assert len(calls) == 1
+    assert type(calls[0]["error"]) is urllib3.exceptions.NewConnectionError  # not MaxRetryError
+    assert svc.store.get("alice") is None
