@@ -8,12 +8,13 @@ here can equally be set in a jupyterhub_config.py by people who prefer that.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from esker import resources
 from esker.app.deployment import Deployment
 from esker.core import config as config_mod
-from esker.courses.roles import course_groups, course_roles, courses_service
+from esker.courses.roles import SERVICE_NAME, course_groups, course_roles, courses_service
 from esker.objectstore.ceph import service_commands as ceph_services
 from esker.spark.cluster import service_commands as spark_services
 from esker.state.coursestore import effective_courses
@@ -119,9 +120,10 @@ def service_traits(cfg: dict, d: Deployment) -> Mapping:
     return {"JupyterHub": {"services": services, "load_roles": roles}}
 
 
-def course_traits(cfg: dict, d: Deployment, merged: Mapping) -> None:
-    """Courses (docs/courses.md): their groups, their instructors' roles and the esker-courses service,
-    added to what the other parts produced (lists and groups are extended, not replaced)."""
+def course_traits(cfg: dict, d: Deployment, merged: Mapping, port: int | None = None) -> None:
+    """Courses (docs/courses.md): their groups, their instructors' roles and the esker-courses service (on
+    ``port``, else one kept in the state dir), added to what the other parts produced (lists and groups are
+    extended, not replaced)."""
     # Courses created at run time (the courses service's store) get their instructors' roles at (re)start.
     courses = effective_courses(cfg, d.state_dir)
     hub = merged.setdefault("JupyterHub", {})
@@ -131,7 +133,7 @@ def course_traits(cfg: dict, d: Deployment, merged: Mapping) -> None:
         have += [u for u in spec["users"] if u not in have]
     if not groups:
         del hub["load_groups"]
-    service, role = courses_service(cfg, d)
+    service, role = courses_service(cfg, d, port)
     hub["services"] = [*hub.get("services", []), service]
     hub["load_roles"] = [*hub.get("load_roles", []), role, *course_roles(cfg, courses)]
 
@@ -152,23 +154,48 @@ def apply(c, mapping: Mapping) -> None:
             section[name] = value
 
 
+# The esker-courses service in z2jh's hub pod: the port it listens on, on the pod's IP, where the proxy (a pod of
+# its own) reaches it. The chart's values name the same port (hub.extraEnv ESKER_COURSES_PORT, and the network
+# policies that admit the proxy to it); tests/kubernetes/test_chart.py checks they agree.
+KUBERNETES_COURSES_PORT = 10101
+# What the service needs from the hub pod's environment that JupyterHub does not pass to managed services: the
+# API server's address, for the in-cluster configuration of its placeholder pods (the ServiceAccount's token
+# and CA are files).
+KUBERNETES_SERVICE_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+
+
+def _pod_ip(env: Mapping) -> str:
+    # The chart passes status.podIP (downward API); in a pod the hostname also resolves to it (/etc/hosts).
+    return env.get("ESKER_HUB_POD_IP") or socket.gethostbyname(socket.gethostname())
+
+
 def apply_kubernetes(c, environ: Mapping | None = None) -> None:
     """For z2jh's ``hub.extraConfig`` (the chart sets it): add to the Kubernetes hub what the embedded hub gets
     from to_traitlets and z2jh does not know: the esker-courses service, its role, the course groups and the
-    instructors' roles. Everything else comes from the chart's values."""
+    instructors' roles. Everything else comes from the chart's values.
+
+    The service is a JupyterHub-managed process of the hub pod, as in embedded mode, with its state in
+    ``$ESKER_STATE_DIR`` (the hub's persistent volume) and the same public path, ``/services/esker-courses/``.
+    JupyterHub hands its ``url`` to the service, which listens there, and to the proxy, which runs in another
+    pod: so the url is the hub pod's own IP and ``$ESKER_COURSES_PORT``, not loopback."""
     env = os.environ if environ is None else environ
     config_file = env.get("ESKER_CONFIG") or str(resources.SHIPPED_CONFIG)
     state_dir = env.get("ESKER_STATE_DIR") or "/srv/jupyterhub/esker"  # z2jh's hub volume
     os.makedirs(state_dir, exist_ok=True)
-    cfg = config_mod.load(config_file)
+    cfg = config_mod.load(config_file)  # a broken file (a content.path course, say) stops the hub here
     d = Deployment(state_dir=state_dir, config_file=config_file, port=0, hub_port=0, proxy_api_port=0,
                    proxy_command=[])
+    port = int(env.get("ESKER_COURSES_PORT") or KUBERNETES_COURSES_PORT)
+    host = _pod_ip(env)
     hub = c.JupyterHub
     merged: Mapping = {"JupyterHub": {"services": list(hub.get("services", [])),
                                       "load_roles": list(hub.get("load_roles", [])),
                                       "load_groups": dict(hub.get("load_groups", {}))}}
-    course_traits(cfg.data, d, merged)
+    course_traits(cfg.data, d, merged, port)
     for service in merged["JupyterHub"]["services"]:
-        if service.get("name") == "esker-courses":
-            service.setdefault("environment", {})["ESKER_COURSES_BACKEND"] = "kubernetes"
+        if service.get("name") == SERVICE_NAME:
+            service["url"] = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            environment = service.setdefault("environment", {})
+            environment["ESKER_COURSES_BACKEND"] = "kubernetes"
+            environment.update({k: env[k] for k in KUBERNETES_SERVICE_ENV if env.get(k)})
     apply(c, merged)

@@ -209,6 +209,26 @@ def test_chart_config_is_for_kubernetes_and_refuses_content_path_courses():
         render(merge(OFFLINE, {"esker": {"config": {"hub": {"mode": "embedded"}}}}))
 
 
+def test_network_policies_let_the_proxy_reach_the_courses_service_in_the_hub_pod_only():
+    from esker.app.configurer import KUBERNETES_COURSES_PORT
+
+    hub = VALUES["jupyterhub"]["hub"]
+    port = int(hub["extraEnv"]["ESKER_COURSES_PORT"])
+    assert port == KUBERNETES_COURSES_PORT
+    (ingress,) = hub["networkPolicy"]["ingress"]  # added to z2jh's hub policy (which admits only port 8081)
+    assert ingress["from"] == [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}]
+    assert ingress["ports"] == [{"port": port, "protocol": "TCP"}]
+    (egress,) = VALUES["jupyterhub"]["proxy"]["chp"]["networkPolicy"]["egress"]
+    assert egress["to"] == [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "hub"}}}]
+    assert egress["ports"] == ingress["ports"]
+    # Valid z2jh values (the schema test covers the whole file); a misplaced rule is refused.
+    defaults = yaml.safe_load((Z2JH / "values.yaml").read_text())
+    schema = yaml.safe_load((Z2JH / "values.schema.yaml").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema).validate(
+            merge(merge(defaults, VALUES["jupyterhub"]), {"hub": {"networkPolicy": {"ingres": []}}}))
+
+
 def test_spark_master_and_workers_match_the_config():
     docs = render()
     cfg = validate(rendered_config(docs)).data

@@ -283,6 +283,10 @@ def test_hub_image_installs_esker():
     assert all((root / src).exists() for src in srcs if "*" not in src), srcs
     assert any(re.search(r"pip install .*/tmp/esker(\s|$)", r) for r in runs(instrs))
     assert any("pip check" in r for r in runs(instrs))
+    # The chart's hub runs the spawner, the configurer's extraConfig and the esker-courses service from it.
+    (imports,) = [r for r in runs(instrs) if "python -c \"import esker" in r]
+    assert {"esker.spawner.kubernetes", "esker.app.configurer", "esker.courses.service"} <= set(
+        re.search(r'python -c "import ([^"]+)"', imports).group(1).replace(" ", "").split(","))
     ignore = (IMAGES / "hub" / "Dockerfile.dockerignore").read_text().split()
     assert ignore[0] == "*" or "*" in ignore, "the repository-root context must not send .venv and the rest"
 
