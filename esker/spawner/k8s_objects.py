@@ -163,7 +163,11 @@ SCRATCH_SUBDIRS = ("tmp", "spark")
 # templates and Kubernetes expands $(VAR) in commands.
 _SUBDIRS = " ".join(SCRATCH_SUBDIRS)
 _SCRATCH_HOSTPATH_SCRIPT = f'set -eu; cd "$1"; mkdir -p {_SUBDIRS}; chown -h "$2" . {_SUBDIRS}; chmod 0700 . {_SUBDIRS}'
-_SCRATCH_VOLUME_SCRIPT = f'set -eu; cd "$1"; mkdir -p {_SUBDIRS}; chmod 0700 {_SUBDIRS}'
+_SCRATCH_VOLUME_SCRIPT = (
+    f'set -eu; cd "$1"; if ! mkdir -p {_SUBDIRS}; then echo "esker-scratch: cannot create {_SUBDIRS} in $1 '
+    'as the notebook user: the pod needs an fsGroup (z2jh singleuser.fsGid) for its volume" >&2; exit 1; fi; '
+    f'chmod 0700 {_SUBDIRS}'
+)
 
 
 def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int) -> dict:
@@ -177,8 +181,9 @@ def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, g
     is inside is the user's already). Only the user's own folder is mounted, so nothing else on the node is
     within its reach; ``chown -h`` never follows a link the user left there.
 
-    Ephemeral volume (a storage class): the pod's ``fsGroup`` already makes the volume writable by the
-    user, so the container runs as the user and creates the two subfolders.
+    Ephemeral volume (a storage class): the pod's ``fsGroup`` (z2jh's ``singleuser.fsGid``) already makes the
+    volume writable by the user, so the container runs as the user and creates the two subfolders; without an
+    fsGroup it fails, saying so, and the pod does not start.
     """
     k = cfg["scratch"]["kubernetes"]
     mount = {"name": SCRATCH_VOLUME, "mountPath": k["mount_path"]}

@@ -248,6 +248,12 @@ def test_ephemeral_init_command_runs_as_the_user_on_an_fsgroup_volume():
             # (the setgid bit of fsGroup's volume root is inherited, as on a real volume)
             assert st.st_uid == 1000 and stat.S_IMODE(st.st_mode) & 0o777 == 0o700
         assert _run_init(init, *as_user).returncode == 0  # again, on the next start of the same pod
+        # Without an fsGroup the volume is root's: the pod does not start, and the log says why.
+        os.chown(scratch, 0, 0)
+        os.chmod(scratch, 0o755)
+        shutil.rmtree(os.path.join(scratch, "tmp"))
+        r = _run_init(init, *as_user)
+        assert r.returncode != 0 and "fsGroup" in r.stderr
     finally:
         shutil.rmtree(base)
 
