@@ -1,5 +1,6 @@
 """What the single-node Ceph is made of, as data: ceph.conf's text, radosgw's pools and the librados helper
-script that batches monitor commands. Pure; esker.objectstore.ceph runs it.
+script that batches monitor commands. Pure: esker.objectstore.cephbootstrap writes ceph.conf,
+esker.objectstore.cephprocs runs the helper.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(2.0):
         dead = [n for n, up in cluster.running().items() if not up]
         if dead:
-            log.error("%s", "; ".join(cluster._daemon_died(n) for n in dead))
+            log.error("%s", "; ".join(cluster.daemons.died(n) for n in dead))
             code = 1
             break
     log.info("stopping Ceph")
