@@ -263,9 +263,7 @@ class EskerSpawner(Spawner):
             sel = self.esker_select(self.user_options)
             started = metrics.spawn_started(sel.profile.slug)
             self.esker_event(2, f"Preparing {sel.profile.display_name} for {self.user.name}")
-            await self.esker_prepare(sel)
-            self._esker_prepared = True
-            url = await super().start()
+            url = await self._esker_start_within(sel, self._esker_start(sel))
             metrics.watch_ready(self, sel.profile.slug, started, key=self.owner_key)
             return url
         except BaseException as e:
@@ -274,7 +272,30 @@ class EskerSpawner(Spawner):
                 metrics.spawn_finished(sel.profile.slug, "failure", time.monotonic() - started,
                                        metrics.failure_reason(e))
                 await self.esker_release()
+            if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
+                # JupyterHub shows an HTTPError's message on the spawn page and in the API's answer; any other
+                # error there reads "Internal Server Error" or "Spawn failed: " with nothing after it.
+                what = sel.profile.display_name if sel is not None else "The server"
+                raise web.HTTPError(500, f"{what} could not start: {e or type(e).__name__}") from e
             raise
+
+    async def _esker_start(self, sel: Selection):
+        await self.esker_prepare(sel)
+        self._esker_prepared = True
+        return await super().start()
+
+    async def _esker_start_within(self, sel: Selection, work):
+        """JupyterHub's start_timeout ends a slow start with an empty TimeoutError ("Spawn failed: "); give up
+        a moment earlier and say what was slow instead."""
+        budget = self.start_timeout
+        if not budget:
+            return await work
+        try:
+            return await asyncio.wait_for(work, max(budget - 1, budget * 0.9))
+        except asyncio.TimeoutError:
+            last = self._esker_events[-1]["message"] if self._esker_events else "preparing"
+            raise asyncio.TimeoutError(f"{sel.profile.display_name} did not start within {budget:g} s "
+                                       f"(the last step was: {last})") from None
 
     async def stop(self, now=False):
         try:

@@ -141,6 +141,9 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
             self._esker_base = {k: copy.deepcopy(getattr(self, k)) for k in _APPLIED}
         base, cfg, names = self._esker_base, self.esker_config.data, self.esker_names()
         volume, mount = ko.scratch_volume(plan, cfg, names)
+        uid = self.uid if isinstance(self.uid, int) else 1000
+        gid = self.gid if isinstance(self.gid, int) else 100
+        scratch_init = ko.scratch_init_container(plan, cfg, uid, gid)
         gpu = ko.gpu_scheduling(plan, cfg)
         extra = {k: v for k, v in ko.resources(plan, cfg)["limits"].items() if k not in ("cpu", "memory")}
 
@@ -156,7 +159,8 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
                              ko.DATASETS_VOLUME)
         self.volume_mounts = _with(_with(base["volume_mounts"], [mount], ko.SCRATCH_VOLUME),
                                    course["volume_mounts"], ko.DATASETS_VOLUME)
-        self.init_containers = _with(base["init_containers"], course["init_containers"], "esker-course")
+        self.init_containers = _with(_with(base["init_containers"], [scratch_init], ko.SCRATCH_VOLUME),
+                                     course["init_containers"], "esker-course")
         self.extra_labels = {**base["extra_labels"], **ko.server_labels(names)}
         if any(o["kind"] == "ServiceAccount" for o in ko.spark_objects(plan, cfg, names)):
             self.service_account = names.service_account

@@ -133,6 +133,12 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
             env["JAVA_HOME"] = jh
         return env
 
+    def get_args(self):
+        args = super().get_args()
+        if self.developer_mode and os.geteuid() == 0:  # Jupyter Server refuses root without it
+            args.append("--allow-root")
+        return args
+
     def user_env(self, env):
         home = getattr(self, "_home", "")
         if not home:

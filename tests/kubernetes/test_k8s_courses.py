@@ -67,11 +67,18 @@ def pod_for(config_file, user, groups=(), admin=False, **traits):
     return docs[0]
 
 
+def course_inits(pod):
+    """The course init containers: every pod starts with the scratch one (k8s_objects.scratch_init_container)."""
+    inits = pod["spec"].get("initContainers") or []
+    assert inits and inits[0]["name"] == ko.SCRATCH_VOLUME
+    return inits[1:]
+
+
 def test_participant_pod_has_the_merge_init_container_and_read_only_datasets(tmp_path):
     pod = pod_for(write_config(tmp_path, COURSES), "ana", ["intro-ml", "stats"])
     spec = pod["spec"]
     main = spec["containers"][0]
-    inits = spec["initContainers"]
+    inits = course_inits(pod)
     assert [i["name"] for i in inits] == ["course-intro-ml", "course-stats"]
     ml, stats = inits
     # Same image as the profile, as the notebook user, on the user's own home volume
@@ -113,24 +120,24 @@ def test_instructor_gets_read_write_for_the_course_she_teaches(tmp_path):
 def test_no_courses_no_changes_and_options(tmp_path):
     config_file = write_config(tmp_path, COURSES)
     pod = pod_for(config_file, "outsider", ["others"])
-    assert not pod["spec"].get("initContainers")
+    assert not course_inits(pod)
     assert not any(v["name"] == ko.DATASETS_VOLUME for v in pod["spec"]["volumes"])
     # No datasets claim configured: no volume, no links; the content still arrives
     pod = pod_for(config_file, "ana", ["intro-ml"], course_datasets_claim="")
-    (init,) = pod["spec"]["initContainers"]
+    (init,) = course_inits(pod)
     assert "--link" not in init["command"]
     assert not any(v["name"] == ko.DATASETS_VOLUME for v in pod["spec"]["volumes"])
     # content.path is a folder on the hub: not delivered on Kubernetes (the dataset link still is)
     cf = write_config(tmp_path, [{"name": "local", "group": "g", "content": {"path": "courses/intro-ml"},
                                   "datasets": ["weather"]}])
-    (init,) = pod_for(cf, "ana", ["g"])["spec"]["initContainers"]
+    (init,) = course_inits(pod_for(cf, "ana", ["g"]))
     assert init["command"][4] == "" and "--git" not in init["command"]
 
 
 def test_template_characters_in_a_git_url_survive_kubespawner_and_kubernetes(tmp_path):
     url = "https://git.example.org/{user}/$(HOME)/x.git"
     cf = write_config(tmp_path, [{"name": "c", "group": "g", "content": {"git": url}}])
-    (init,) = pod_for(cf, "ana", ["g"])["spec"]["initContainers"]
+    (init,) = course_inits(pod_for(cf, "ana", ["g"]))
     # KubeSpawner's {template} expansion is undone; Kubernetes' $(VAR) is escaped as $$(
     assert init["command"][init["command"].index("--git") + 1] == "https://git.example.org/{user}/$$(HOME)/x.git"
 

@@ -115,6 +115,7 @@ def test_every_profile_and_choice_gives_valid_manifests_with_the_plan_env(tmp_pa
         (vol,) = [v for v in pod["spec"]["volumes"] if v["name"] == ko.SCRATCH_VOLUME]
         (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == ko.SCRATCH_VOLUME]
         assert mount["mountPath"] == env["SCRATCH_DIR"] == "/scratch"
+        assert pod["spec"]["initContainers"][0] == ko.scratch_init_container(plan, cfg, 1000, 100)
         if variant == "shipped":
             assert vol["hostPath"] == {"path": "/mnt/esker-scratch/alice", "type": "DirectoryOrCreate"}
             assert [d["kind"] for d in docs[1:]] == (["Service"] if sel.profile.spark else [])
