@@ -1,0 +1,269 @@
+"""`esker bench`'s benchmarks against a live hub: each ``Bench.bench_<name>`` spawns its users, runs its
+workload and returns its figures; plus the progress line and the figure helpers they share."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from esker.cli.benchworkloads import DISK_CODE, S3_CODE, SPARK_CODE, TF_CODE
+
+
+class Progress:
+    """One line per step on a terminal (redrawn), plain lines otherwise."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.step, self.stream = total, 0, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.t0 = time.monotonic()
+        self.label = ""
+
+    def start(self, label: str) -> None:
+        self.step += 1
+        self.label = label
+        self.update()
+
+    def update(self, done: int | None = None, of: int | None = None, note: str = "") -> None:
+        bar = ""
+        if done is not None and of:
+            n = int(20 * done / of)
+            bar = f" [{'#' * n}{'.' * (20 - n)}] {done}/{of}"
+        line = f"[{self.step}/{self.total}] {self.label}{bar} {note} ({time.monotonic() - self.t0:.0f}s)"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self, note: str) -> None:
+        self.update(note=note)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def fig(case: str, metric: str, value: float, unit: str, better: str) -> dict:
+    return {"case": case, "metric": metric, "value": round(float(value), 4), "unit": unit, "better": better}
+
+
+def kernel_result(out: dict) -> dict:
+    if out.get("error"):
+        raise RuntimeError(out["error"][-1500:] + out.get("stderr", "")[-1000:])
+    if "RESULT" not in out.get("stdout", ""):
+        raise RuntimeError(f"no result from the kernel: {out.get('stdout', '')[-500:]} {out.get('stderr', '')[-500:]}")
+    return json.loads(out["stdout"].rsplit("RESULT", 1)[1].strip().splitlines()[0])
+
+
+class Bench:
+    def __init__(self, hub, sizes: dict, progress: Progress, run_id: str, profile: str = "minimal",
+                 gpus: str = "1", gpu_group: str = "gpu-users", scratch_root: str | None = None,
+                 keep_users: bool = False):
+        self.hub, self.sizes, self.progress, self.run_id = hub, sizes, progress, run_id
+        self.profile, self.gpus, self.gpu_group = profile, gpus, gpu_group
+        self.scratch_root, self.keep_users = scratch_root, keep_users
+        self.users: set[str] = set()
+
+    def user(self, tag: str, groups: list[str] | None = None) -> str:
+        name = f"bench{self.run_id}-{tag}"
+        self.hub.ensure_user(name, groups=groups)
+        self.users.add(name)
+        return name
+
+    def run(self, name: str, code: str, timeout: float = 1800) -> dict:
+        from esker.hubapi import run_code
+
+        token = self.hub.user_token(name)
+        return kernel_result(run_code(self.hub.server_url(name), token, code, timeout=timeout))
+
+    def stop_all(self, names) -> None:
+        names = list(names)
+        if not names:
+            return
+        with ThreadPoolExecutor(min(16, len(names))) as pool:
+            list(pool.map(lambda n: _quiet(self.hub.stop, n), names))
+
+    def cleanup(self) -> None:
+        self.stop_all(self.users)
+        if not self.keep_users:
+            for n in self.users:
+                _quiet(self.hub.delete_user, n)
+
+    # -- spawn latency at fixed concurrency
+    def bench_spawn(self) -> dict:
+        figures, cases = [], {}
+        for c in self.sizes["levels"]:
+            names = [self.user(f"c{c}x{i}") for i in range(c)]
+            done = []
+
+            def one(n):
+                try:
+                    m = self.hub.spawn(n, {"profile": self.profile})
+                    r = {"user": n, "seconds": m["seconds"], "post_seconds": m["post_seconds"],
+                         "first_event_s": m["events"][0]["t"] if m["events"] else None, "throttled": m["throttled"]}
+                except Exception as e:  # noqa: BLE001
+                    r = {"user": n, "error": str(e)[:500]}
+                done.append(r)
+                self.progress.update(len(done), c, f"spawn c={c}")
+                return r
+
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(c) as pool:
+                results = list(pool.map(one, names))
+            makespan = time.monotonic() - t0
+            self.stop_all(names)
+            lat = [r["seconds"] for r in results if "seconds" in r]
+            fails = [r for r in results if "error" in r]
+            cases[f"c{c}"] = {"concurrency": c, "profile": self.profile, "makespan_s": makespan,
+                              "failures": len(fails), "spawns": results}
+            case = f"c{c}"
+            if lat:
+                figures += [fig(case, "p50_s", statistics.median(lat), "s", "lower"),
+                            fig(case, "p95_s", pct(lat, 0.95), "s", "lower"),
+                            fig(case, "max_s", max(lat), "s", "lower"),
+                            fig(case, "post_p50_s", statistics.median(r["post_seconds"] for r in results
+                                                                      if "post_seconds" in r), "s", "lower")]
+            figures += [fig(case, "failures", len(fails), "count", "lower"),
+                        fig(case, "spawns_per_min", 60 * len(lat) / makespan if makespan else 0, "1/min", "higher")]
+        return {"cases": cases, "figures": figures}
+
+    # -- workshop burst
+    def bench_burst(self) -> dict:
+        n, window = self.sizes["burst_users"], self.sizes["burst_window"]
+        names = [self.user(f"w{i}") for i in range(n)]
+        t0 = time.monotonic()
+        done = []
+
+        def attendee(i_name):
+            i, name = i_name
+            arrive = i * window / max(1, n)
+            time.sleep(max(0.0, t0 + arrive - time.monotonic()))
+            r = {"user": name, "arrival_s": arrive}
+            try:
+                m = self.hub.spawn(name, {"profile": self.profile})
+                r["ready_s"] = m["seconds"]
+                self.run(name, "print('RESULT' + __import__('json').dumps({'sum': 1 + 1}))", timeout=300)
+                r["first_cell_s"] = time.monotonic() - t0 - arrive
+            except Exception as e:  # noqa: BLE001
+                r["error"] = str(e)[:500]
+            done.append(r)
+            self.progress.update(len(done), n, "attendees ready")
+            return r
+
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(attendee, enumerate(names)))
+        makespan = time.monotonic() - t0
+        self.stop_all(names)
+        ready = [r["ready_s"] for r in results if "ready_s" in r]
+        first = [r["first_cell_s"] for r in results if "first_cell_s" in r]
+        figures = [fig("burst", "users", n, "count", "higher"),
+                   fig("burst", "failures", sum("error" in r for r in results), "count", "lower"),
+                   fig("burst", "makespan_s", makespan, "s", "lower")]
+        if ready:
+            figures += [fig("burst", "ready_p50_s", statistics.median(ready), "s", "lower"),
+                        fig("burst", "ready_p95_s", pct(ready, 0.95), "s", "lower")]
+        if first:
+            figures += [fig("burst", "first_cell_p95_s", pct(first, 0.95), "s", "lower")]
+        return {"users": n, "window_s": window, "profile": self.profile, "attendees": results, "figures": figures}
+
+    # -- Spark: the hub's cluster against local[*]
+    def bench_spark(self) -> dict:
+        name = self.user("spark")
+        self.progress.update(note="spawning the spark profile")
+        self.hub.spawn(name, {"profile": "spark"})
+        self.progress.update(note="running the job on the cluster and on local[*]")
+        res = self.run(name, SPARK_CODE.format(rows=self.sizes["spark_rows"]))
+        self.stop_all([name])
+        figures = []
+        for case in ("cluster", "local"):
+            r = res.get(case, {})
+            if "job_s" in r:
+                figures += [fig(case, "job_s", r["job_s"], "s", "lower"),
+                            fig(case, "startup_s", r["startup_s"], "s", "lower")]
+        if "job_s" in res.get("cluster", {}) and "job_s" in res.get("local", {}):
+            figures.append(fig("cluster_vs_local", "speedup", res["local"]["job_s"] / res["cluster"]["job_s"],
+                               "ratio", "higher"))
+        return {**res, "figures": figures}
+
+    # -- object storage from a user's server
+    def bench_s3(self) -> dict:
+        name = self.user("s3")
+        self.progress.update(note=f"spawning {self.profile}")
+        self.hub.spawn(name, {"profile": self.profile})
+        res = self.run(name, S3_CODE.format(mb=self.sizes["s3_mb"], n=self.sizes["s3_objects"]))
+        self.stop_all([name])
+        if "skipped" in res:
+            return {"skipped": res["skipped"], "figures": []}
+        return {**res, "figures": [fig("server", "put_mb_s", res["put_mb_s"], "MB/s", "higher"),
+                                   fig("server", "get_mb_s", res["get_mb_s"], "MB/s", "higher")]}
+
+    # -- scratch from the kernel against the raw disk under it
+    def bench_scratch(self) -> dict:
+        mb = self.sizes["scratch_mb"]
+        name = self.user("scratch")
+        self.progress.update(note=f"spawning {self.profile}")
+        self.hub.spawn(name, {"profile": self.profile})
+        self.progress.update(note=f"writing and reading {mb} MB in SCRATCH_DIR")
+        server = self.run(name, DISK_CODE + f"\nprint('RESULT' + json.dumps(esker_disk_bw(os.environ['SCRATCH_DIR'], {mb})))")
+        self.stop_all([name])
+        out = {"server": server, "figures": [fig("server", "write_mb_s", server["write_mb_s"], "MB/s", "higher"),
+                                              fig("server", "read_mb_s", server["read_mb_s"], "MB/s", "higher")]}
+        root = self.scratch_root or os.path.dirname(server["directory"].rstrip("/"))
+        if not os.path.isdir(root):
+            out["host"] = {"skipped": f"scratch root {root} is not on this machine (run esker bench on the hub's "
+                                      "host, or pass --scratch-root)"}
+            return out
+        self.progress.update(note=f"the same on this host in {root}")
+        ns: dict = {}
+        exec(DISK_CODE, ns)  # noqa: S102 - our own constant, the same code the kernel ran
+        host = ns["esker_disk_bw"](root, mb)
+        out["host"] = host
+        out["figures"] += [fig("host", "write_mb_s", host["write_mb_s"], "MB/s", "higher"),
+                           fig("host", "read_mb_s", host["read_mb_s"], "MB/s", "higher"),
+                           fig("server_vs_host", "write_ratio", server["write_mb_s"] / host["write_mb_s"], "ratio",
+                               "higher"),
+                           fig("server_vs_host", "read_ratio", server["read_mb_s"] / host["read_mb_s"], "ratio",
+                               "higher")]
+        return out
+
+    # -- TensorFlow training throughput
+    def bench_tensorflow(self) -> dict:
+        from esker.hubapi import SpawnRefused
+
+        groups = [self.gpu_group] if self.gpus != "0" and self.gpu_group else None
+        name = self.user("tf", groups=groups)
+        note = None
+        self.progress.update(note="spawning tensorflow")
+        try:
+            self.hub.spawn(name, {"profile": "tensorflow", "gpus": self.gpus})
+        except SpawnRefused as e:
+            if self.gpus == "0":
+                raise
+            note = f"no GPU granted ({e.status}: {e.message[:200]}); measured on CPU"
+            self.hub.spawn(name, {"profile": "tensorflow", "gpus": "0"})
+        self.progress.update(note="training")
+        res = self.run(name, TF_CODE.format(samples=self.sizes["tf_samples"], epochs=self.sizes["tf_epochs"]))
+        self.stop_all([name])
+        if note:
+            res["note"] = note
+        case = res["device"].lower()
+        return {**res, "figures": [fig(case, "samples_per_s", res["samples_per_s"], "samples/s", "higher")]}
+
+
+def _quiet(fn, *a):
+    try:
+        fn(*a)
+    except Exception:  # noqa: BLE001
+        pass
