@@ -303,10 +303,18 @@ class EskerSpawner(Spawner):
         finally:
             await self.esker_release()
 
+    def esker_holds(self) -> bool:
+        """Whether this server holds something :meth:`esker_release` gives back."""
+        return self.plan is not None
+
     async def poll(self):
         status = await super().poll()
         if status is None and self.selection is not None:
             metrics.server_running(self.owner_key, self.selection.profile.slug)
         elif status is not None:
             metrics.server_stopped(self.owner_key)
+            starting = getattr(self, "_spawn_pending", False) and not getattr(self, "_waiting_for_response", False)
+            if self.esker_holds() and not starting:
+                # The server ended on its own; JupyterHub calls stop() only on a live one, so give back here.
+                await self.esker_release()
         return status

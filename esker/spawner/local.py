@@ -183,6 +183,9 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
                                      self.scratch_used, limit)
         return status
 
+    def esker_holds(self) -> bool:
+        return super().esker_holds() or bool(self.gpu_devices) or bool(self.scratch_dir) or self.cgroup is not None
+
     async def esker_release(self):
         """Give back what esker_prepare took; safe to call twice and after a failed start."""
         rt = self.runtime
