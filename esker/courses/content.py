@@ -108,7 +108,8 @@ def fetch_git(url: str, ref: str, cache: Path, timeout: float = GIT_TIMEOUT) -> 
 
     try:
         git("init", "-q", ".")
-        git("fetch", "-q", "--depth", "1", url, ref)
+        # "--": a URL or ref that looks like an option (--upload-pack=...) is a name, never an option
+        git("fetch", "-q", "--depth", "1", "--", url, ref)
         git("-c", "advice.detachedHead=false", "checkout", "-q", "FETCH_HEAD")
         rev = git("rev-parse", "HEAD")
         shutil.rmtree(work / ".git")

@@ -4,11 +4,12 @@ knobs. One ``ServiceState`` per service process, made in ``esker.courses.service
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import timedelta
 
 from esker.core.catalog import Catalog
-from esker.courses.hubsync import HubApi
+from esker.courses.hubsync import HubApi, reconcile_access
 from esker.courses.model import Course, courses_from_config
 from esker.courses.reservations import machine_capacity
 from esker.state.coursestore import CourseStore
@@ -39,9 +40,15 @@ class ServiceState:
         self.spark_check = spark_check
         self.kube = kube
         self.placeholders_made: set[str] = set()
+        self.access_lock = asyncio.Lock()  # one access pass at a time (handlers and the periodic pass)
 
     def courses(self) -> dict[str, Course]:
         return {c.name: c for c in self.store.effective_courses(courses_from_config(self.cfg))}
+
+    async def sync_access(self, full: bool = False) -> dict:
+        """Instructors' shares of their participants' servers in step with the courses (hubsync)."""
+        async with self.access_lock:
+            return await reconcile_access(self.api, self.store, self.courses().values(), full)
 
 
 State = ServiceState  # the name the tests and older callers use

@@ -1,6 +1,7 @@
 """The esker-courses service's REST handlers (docs/courses.md; the API is described in
-``esker.courses.openapi``). Every request carries a hub token (``Authorization: token ...``), identified with
-``jupyterhub.services.auth.HubAuth``.
+``esker.courses.openapi``, whose request schemas are the ones bodies are checked against). Every request but
+the description's carries a hub token (``Authorization: token ...``), identified with
+``jupyterhub.services.auth.HubAuth``. Errors are JSON: ``{"status": ..., "message": ...}``.
 
 Who may do what (decided here from the token's identity, never from the request body):
 
@@ -8,6 +9,9 @@ Who may do what (decided here from the token's identity, never from the request 
 - a course's instructors: read it, update its participants/content/window/seats/password/idle timeout (not its
   group or instructors), sync its content, reserve and release its seats;
 - anyone logged in: see the courses they take, and join a course with its password.
+
+Whenever a course's members or instructors change, the instructors' shares of the participants' servers are
+brought in step (``ServiceState.sync_access``).
 """
 
 from __future__ import annotations
@@ -16,30 +20,31 @@ import asyncio
 import copy
 import hmac
 import json
+import logging
 import os
 import pwd
-from urllib.parse import quote
 
 import jsonschema
+import yaml
 from tornado import web
 
 from esker.core import config as config_mod
-from esker.core.schema import COURSE
+from esker.courses import openapi
 from esker.courses.content import content_source, merge_as_user
 from esker.courses.context import ServiceState
-from esker.courses.hubsync import sync_members
+from esker.courses.hubsync import ensure_users, q, sync_members
 from esker.courses.model import Course, CourseError, course_problems
 from esker.courses.reservations import Reservation, admit
 from esker.system.accounts import system_username
+
+log = logging.getLogger("esker.courses")
 
 INSTRUCTOR_FIELDS = {"display_name", "participants", "content", "window", "seats", "password", "idle_timeout",
                      "profiles"}
 
 
-class Base(web.RequestHandler):
-    @property
-    def st(self) -> ServiceState:
-        return self.settings["state"]
+class JsonHandler(web.RequestHandler):
+    """JSON answers and JSON errors."""
 
     def write_error(self, status_code, **kw):
         reason = self._reason
@@ -49,9 +54,44 @@ class Base(web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": reason}))
 
+    def json(self, data, status: int = 200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class NotFoundHandler(JsonHandler):
+    """Any path under the service's prefix that is not a route (a JSON 404, as the routes' own)."""
+
+    def prepare(self):
+        raise web.HTTPError(404, f"no such path: {self.request.path}")
+
+
+class OpenApiHandler(JsonHandler):
+    """The API's OpenAPI description (no token needed: it holds no data)."""
+
+    def initialize(self, prefix: str):
+        self.prefix = prefix
+
+    def get(self, fmt):
+        doc = openapi.spec(self.prefix)
+        if fmt == "yaml":
+            self.set_header("Content-Type", "application/yaml")
+            return self.finish(yaml.safe_dump(doc, sort_keys=False))
+        self.json(doc)
+
+
+class Base(JsonHandler):
+    @property
+    def st(self) -> ServiceState:
+        return self.settings["state"]
+
     async def prepare(self):
         token = self.st.auth.get_token(self, in_cookie=False)
-        model = await self.st.auth.user_for_token(token, sync=False) if token else None
+        try:
+            model = await self.st.auth.user_for_token(token, sync=False) if token else None
+        except web.HTTPError as e:  # HubAuth's own 500 when the hub does not answer as it should
+            raise web.HTTPError(502, f"the hub could not check the token: {e.log_message or e.status_code}") from None
         if not model:
             raise web.HTTPError(403, "a hub token is required (Authorization: token ...)")
         self.who = model
@@ -60,13 +100,15 @@ class Base(web.RequestHandler):
         self.name = model.get("name", "")
         self.groups = set(model.get("groups", ()))
 
-    def body(self) -> dict:
+    def body(self, schema: dict | None = None) -> dict:
         try:
             data = json.loads(self.request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise web.HTTPError(400, "the body is not JSON") from None
         if not isinstance(data, dict):
             raise web.HTTPError(400, "the body must be a JSON object")
+        if schema is not None:
+            check(schema, data)
         return data
 
     def course(self, name: str) -> Course:
@@ -82,26 +124,56 @@ class Base(web.RequestHandler):
         if not self.may_manage(c):
             raise web.HTTPError(403, f"only admins and the instructors of {c.name} may do this")
 
-    def json(self, data, status: int = 200):
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data))
+    async def sync_access(self) -> None:
+        """After a change: instructors' shares in step now (the periodic pass repeats it if the hub failed)."""
+        try:
+            await self.st.sync_access()
+        except web.HTTPError as e:
+            log.warning("instructors' access not brought in step now (the next pass tries again): %s",
+                        e.log_message)
 
 
-def validate_course(cfg, data: dict, others: list[str]) -> dict:
+def check(schema: dict, data) -> None:
+    """400 naming the first field ``data`` gets wrong against ``schema``."""
     try:
-        jsonschema.Draft202012Validator(COURSE).validate(data)
+        jsonschema.Draft202012Validator(schema).validate(data)
     except jsonschema.ValidationError as e:
         where = ".".join(map(str, e.absolute_path)) or "(body)"
         raise web.HTTPError(400, f"{where}: {e.message}") from None
-    filled = config_mod._fill_defaults(COURSE, copy.deepcopy(data))
+
+
+def name_problems(field: str, names) -> list[str]:
+    """Hub user names as the hub keeps them: lowercase (the authenticators normalise so), no '/', no control
+    characters, no surrounding spaces, not only dots. Anything else the hub would store under another name or
+    refuse."""
+    bad = [n for n in names if n != n.strip() or n != n.lower() or "/" in n or set(n) <= {"."}
+           or any(ord(ch) < 32 or ord(ch) == 127 for ch in n)]
+    return [f"{field}: {n!r} is not a hub user name (lowercase, no '/', no surrounding spaces)" for n in bad]
+
+
+def validate_course(cfg, data: dict) -> dict:
+    """A whole course (a new one, or an old one with changes): the schema, then what the schema cannot say."""
+    check(openapi.COURSE_CREATE, data)
+    filled = config_mod._fill_defaults(openapi.COURSE_CREATE, copy.deepcopy(data))
     probe = {"profiles": cfg["profiles"], "storage": cfg["storage"], "courses": [filled], "capacity": {}}
     problems = [p.replace("courses[0].", "") for p in course_problems(probe)]
-    if filled["name"] in others:
-        problems.append(f"name: {filled['name']!r} is used by another course")
+    problems += name_problems("participants", filled["participants"])
+    problems += name_problems("instructors", filled["instructors"])
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in filled["group"]):
+        problems.append(f"group: {filled['group']!r} has control characters")
+    content = filled.get("content") or {}
+    for key in ("git", "ref"):
+        if str(content.get(key, "")).startswith("-"):
+            problems.append(f"content.{key}: must not start with '-'")
     if problems:
         raise web.HTTPError(400, "; ".join(problems))
     return filled
+
+
+def participant_view(c: Course) -> dict:
+    d = c.to_dict()
+    d.pop("participants")
+    return d
 
 
 class CoursesHandler(Base):
@@ -111,17 +183,20 @@ class CoursesHandler(Base):
             if self.may_manage(c):
                 out.append(c.to_dict())
             elif c.is_participant(self.groups):
-                d = c.to_dict()
-                d.pop("participants")
-                out.append(d)
+                out.append(participant_view(c))
         self.json(out)
 
     async def post(self):
         if not self.is_admin:
             raise web.HTTPError(403, "only admins create courses")
-        data = validate_course(self.st.cfg, self.body(), list(self.st.courses()))
+        body = self.body(openapi.COURSE_CREATE)
+        if body["name"] in self.st.courses():
+            raise web.HTTPError(409, f"name: {body['name']!r} is used by another course")
+        data = validate_course(self.st.cfg, body)
+        await ensure_users(self.st.api, data["instructors"])
+        await sync_members(self.st.api, data["group"], data["participants"])
         self.st.store.put_course(data["name"], data)
-        await sync_members(self.st.api, data["group"], data.get("participants", []))
+        await self.sync_access()
         self.json(self.st.courses()[data["name"]].to_dict(), 201)
 
 
@@ -131,15 +206,13 @@ class CourseHandler(Base):
         if self.may_manage(c):
             return self.json(c.to_dict())
         if c.is_participant(self.groups):
-            d = c.to_dict()
-            d.pop("participants")
-            return self.json(d)
+            return self.json(participant_view(c))
         raise web.HTTPError(404, f"no course {name!r}")  # not yours: indistinguishable from absent
 
     async def patch(self, name):
         c = self.course(name)
         self.require_manage(c)
-        changes = self.body()
+        changes = self.body(openapi.COURSE_PATCH)
         if not self.is_admin:
             bad = sorted(set(changes) - INSTRUCTOR_FIELDS)
             if bad:
@@ -148,12 +221,15 @@ class CourseHandler(Base):
         current.pop("source", None)
         merged = {**current, **changes, "name": c.name}
         merged = {k: v for k, v in merged.items() if v is not None or k in ("password", "window")}
-        others = [n for n in self.st.courses() if n != c.name]
-        data = validate_course(self.st.cfg, merged, others)
-        self.st.store.put_course(c.name, data)
-        if "participants" in changes:
-            before, after = set(c.participants), set(data["participants"])
+        data = validate_course(self.st.cfg, merged)
+        before, after = set(c.participants), set(data["participants"])
+        if data["group"] != c.group:  # a new group: everyone named goes there
+            await sync_members(self.st.api, data["group"], sorted(after))
+        elif before != after:
             await sync_members(self.st.api, data["group"], sorted(after - before), sorted(before - after))
+        await ensure_users(self.st.api, set(data["instructors"]) - set(c.instructors))
+        self.st.store.put_course(c.name, data)
+        await self.sync_access()
         self.json(self.st.courses()[c.name].to_dict())
 
 
@@ -162,11 +238,12 @@ class JoinHandler(Base):
         c = self.course(name)
         if self.who.get("kind", "user") != "user":
             raise web.HTTPError(400, "only users join courses")
-        given = str(self.body().get("password", ""))
+        given = self.body(openapi.JOIN)["password"]
         if not c.password or not hmac.compare_digest(given.encode(), c.password.encode()):
             raise web.HTTPError(403, f"wrong password for {name}" if c.password else f"{name} has no password; "
                                 "ask an instructor to add you")
         await sync_members(self.st.api, c.group, [self.name])
+        await self.sync_access()
         self.json({"course": c.name, "group": c.group, "joined": self.name})
 
 
@@ -180,7 +257,7 @@ class SyncHandler(Base):
             raise web.HTTPError(502, str(e)) from None
         if src is None:
             return self.json({"course": name, "merged": {}, "message": "the course has no content"})
-        code, group = await self.st.api("GET", f"/groups/{quote(c.group)}", ok=(200,))
+        _, group = await self.st.api("GET", f"/groups/{q(c.group)}", ok=(200,))
         members = sorted(set((group or {}).get("users", ())) | set(c.instructors))
         prefix = self.st.cfg["users"]["system_user_prefix"]
         merged = {}
@@ -209,23 +286,24 @@ class ReservationsHandler(Base):
         self.json(out)
 
     async def post(self):
-        data = self.body()
+        data = self.body(openapi.RESERVATION_CREATE)
         courses = self.st.courses()
-        c = courses.get(str(data.get("course", "")))
+        c = courses.get(data["course"])
         if c is None:
-            raise web.HTTPError(404, f"unknown course {data.get('course')!r}")
+            raise web.HTTPError(404, f"unknown course {data['course']!r}")
         self.require_manage(c)
         profile = data.get("profile") or (c.profiles[0] if c.profiles else "")
         try:
             new = Reservation.from_dict({**data, "profile": profile, "group": data.get("group") or c.group,
                                          "created_by": self.name})
-        except (KeyError, ValueError, TypeError) as e:
+            for t in (new.start, new.end):
+                t.astimezone()  # a time the hub's clock can show (not past the year 9999 in local time)
+        except (KeyError, ValueError, TypeError, OverflowError) as e:
             raise web.HTTPError(400, f"a reservation needs course, profile, seats, start and end: {e}") from None
         groups = {c.group for c in courses.values()} | set(self.st.cfg["users"]["groups"])
         decision, saved = self.st.store.reserve(
             new, lambda n, existing: admit(n, existing, self.st.capacity, self.st.catalog, courses, groups))
         if not decision.accepted:
-            self.set_status(decision.status)
             return self.json({"status": decision.status, "message": decision.reason,
                               "short": list(decision.short)}, decision.status)
         self.json(saved.to_dict(), 201)
@@ -246,19 +324,21 @@ class ReservationHandler(Base):
 
 class CapacityHandler(Base):
     async def get(self):
+        if not self.is_admin and not any(self.may_manage(c) for c in self.st.courses().values()):
+            raise web.HTTPError(403, "for admins and instructors")
         cap = self.st.capacity
         self.json({"cpu": cap.cpu, "memory": cap.memory, "gpus": cap.gpus, "scratch": cap.scratch})
 
 
 class PageHandler(Base):
     async def get(self):
-        rows = "".join(
-            f"<tr><td>{web.escape.xhtml_escape(r.course)}</td><td>{r.profile}</td><td>{r.seats}</td>"
-            f"<td>{r.start:%Y-%m-%d %H:%M}</td><td>{r.end:%H:%M}</td><td>{r.id}</td></tr>"
-            for r in self.st.store.reservations())
         if not self.is_admin and not any(self.may_manage(c) for c in self.st.courses().values()):
             raise web.HTTPError(403, "for admins and instructors")
+        esc = web.escape.xhtml_escape
+        rows = "".join(
+            f"<tr><td>{esc(r.course)}</td><td>{esc(r.profile)}</td><td>{r.seats}</td>"
+            f"<td>{r.start:%Y-%m-%d %H:%M}</td><td>{r.end:%H:%M}</td><td>{esc(r.id)}</td></tr>"
+            for r in self.st.store.reservations())
         self.finish(f"<!doctype html><title>Esker reservations</title><h1>Reservations</h1><table border=1>"
                     f"<tr><th>course</th><th>profile</th><th>seats</th><th>from</th><th>to</th><th>id</th></tr>"
                     f"{rows}</table>")
-

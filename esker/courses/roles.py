@@ -16,13 +16,14 @@ SERVICE_NAME = "esker-courses"
 
 def course_roles(cfg, courses: Iterable[Course] | None = None) -> list[dict]:
     """Roles for ``JupyterHub.load_roles``: a course's instructors may list and read the course group's users,
-    start, stop and open their servers, and nobody else's (``!group=`` filters). Participants get nothing
-    beyond JupyterHub's default ``user`` role: their own server only.
+    start, stop and open their servers, and nobody else's (``!group=`` filters, which the hub resolves against the
+    group as it is at each request, so participants added at run time are covered at once). Participants get
+    nothing beyond JupyterHub's default ``user`` role: their own server only.
 
-    Single-user servers cannot resolve ``!group=`` filters (jupyterhub.services.auth.check_scopes), so opening a
-    participant's server also needs ``access:servers!user=<participant>``, one per participant known when the
-    hub starts (esker.yaml's and runtime courses' participants); people added later are reachable by their
-    instructors after the next hub restart. Hub-side rights (list, start, stop) follow the group live."""
+    Roles are read at hub start only (JupyterHub has no REST API for them), and single-user servers cannot resolve
+    ``!group=`` filters (jupyterhub.services.auth.check_scopes) for API tokens. Opening a participant's server
+    with an instructor's token, and everything about courses created at run time, therefore goes through the
+    shares the courses service keeps in step (esker.courses.hubsync.reconcile_access)."""
     roles = []
     for c in (courses if courses is not None else courses_from_config(cfg)):
         if not c.instructors:
@@ -32,8 +33,7 @@ def course_roles(cfg, courses: Iterable[Course] | None = None) -> list[dict]:
             "name": f"course-{c.name}-instructors",
             "description": f"Instructors of {c.display_name or c.name}: the {c.group} group's servers",
             "scopes": [f"list:users{g}", f"read:users{g}", f"read:users:activity{g}", f"read:groups{g}",
-                       f"read:servers{g}", f"servers{g}", f"access:servers{g}", "admin-ui"]
-            + [f"access:servers!user={u}" for u in c.participants if u not in c.instructors],
+                       f"read:servers{g}", f"servers{g}", f"access:servers{g}", "admin-ui"],
             "users": list(c.instructors),
         })
     return roles
@@ -49,9 +49,17 @@ def course_groups(cfg, courses: Iterable[Course] | None = None) -> dict[str, dic
 
 
 SERVICE_ENV_KEEP = ("ESKER_ENVS_DIR", "ESKER_COURSES_CULL_EVERY", "ESKER_COURSES_PREWARM_EVERY",
-                    "ESKER_COURSES_PREWARM_LOOKAHEAD", "ESKER_COURSES_BACKEND", "UV_CACHE_DIR")
-SERVICE_SCOPES = ["list:users", "read:users", "read:users:activity", "read:servers", "delete:servers",
-                  "admin:users", "list:groups", "read:groups", "admin:groups", "read:hub"]
+                    "ESKER_COURSES_PREWARM_LOOKAHEAD", "ESKER_COURSES_ACCESS_EVERY", "ESKER_COURSES_BACKEND",
+                    "UV_CACHE_DIR")
+# What the service's token may do, and why (the same role in both modes: esker.app.configurer.course_traits, for
+# the embedded hub and the chart's hub.extraConfig alike). JupyterHub 5+ scopes.
+SERVICE_SCOPES = [
+    "admin:users",   # create the accounts a course names (POST /users); read members' activity (culling)
+    "admin:groups",  # create course groups, add and remove members, read them
+    "servers",       # read and stop idle participants' servers (culling); start:servers, to share it
+    "shares",        # grant and revoke instructors' shares of participants' servers (includes access:servers,
+                     # which a share of it needs: the hub lets a token share only what it holds)
+]
 
 
 def courses_service(cfg, deployment, port: int | None = None) -> tuple[dict, dict]:
@@ -71,6 +79,7 @@ def courses_service(cfg, deployment, port: int | None = None) -> tuple[dict, dic
         "display": True,
         "oauth_no_confirm": True,
     }
-    role = {"name": SERVICE_NAME, "description": "Course management: groups, seats, per-course idle culling",
+    role = {"name": SERVICE_NAME,
+            "description": "Course management: groups, instructors' shares, seats, per-course idle culling",
             "scopes": list(SERVICE_SCOPES), "services": [SERVICE_NAME]}
     return service, role

@@ -2,8 +2,9 @@
 idle culler and pre-warming. Served by the hub's proxy at /services/esker-courses/ (docs/courses.md).
 
 This module is the process: the routes (``make_app``) and ``main``. The handlers are in
-``esker.courses.handlers``, the periodic jobs in ``esker.courses.jobs``, the hub API client in
-``esker.courses.hubsync`` and what they share in ``esker.courses.context``.
+``esker.courses.handlers``, the API's OpenAPI description in ``esker.courses.openapi`` (served at
+``<prefix>/openapi.json``), the periodic jobs in ``esker.courses.jobs``, the hub API client and the instructors'
+access in ``esker.courses.hubsync``, and what they share in ``esker.courses.context``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
@@ -24,6 +26,8 @@ from esker.courses.handlers import (
     CourseHandler,
     CoursesHandler,
     JoinHandler,
+    NotFoundHandler,
+    OpenApiHandler,
     PageHandler,
     ReservationHandler,
     ReservationsHandler,
@@ -37,9 +41,11 @@ log = logging.getLogger("esker.courses")
 
 
 def make_app(st: ServiceState, prefix: str) -> web.Application:
+    """The routes under ``prefix``; each is described in esker.courses.openapi (tests/unit checks both agree)."""
     p = prefix.rstrip("/")
     return web.Application([
         (rf"{p}/?", PageHandler),
+        (rf"{p}/openapi\.(json|yaml)", OpenApiHandler, {"prefix": prefix}),
         (rf"{p}/api/courses/?", CoursesHandler),
         (rf"{p}/api/courses/([a-z0-9-]+)/?", CourseHandler),
         (rf"{p}/api/courses/([a-z0-9-]+)/join", JoinHandler),
@@ -47,7 +53,7 @@ def make_app(st: ServiceState, prefix: str) -> web.Application:
         (rf"{p}/api/reservations/?", ReservationsHandler),
         (rf"{p}/api/reservations/([a-z0-9]+)", ReservationHandler),
         (rf"{p}/api/capacity", CapacityHandler),
-    ], state=st)
+    ], state=st, default_handler_class=NotFoundHandler)
 
 
 def main() -> None:
@@ -81,6 +87,18 @@ def main() -> None:
             except Exception:
                 log.exception("pre-warming failed")
 
+    passes = 0
+
+    async def access():
+        """Instructors' shares in step with the groups (which admins may change in the hub directly); every
+        tenth pass grants everything again (a share goes with its server when a user is deleted)."""
+        nonlocal passes
+        passes += 1
+        try:
+            await st.sync_access(full=passes % 10 == 0)
+        except Exception:
+            log.exception("instructors' access pass failed")
+
     async def setup():
         for c in st.courses().values():  # runtime courses' groups (config ones come from load_groups)
             if c.source == "runtime":
@@ -88,8 +106,13 @@ def main() -> None:
                     await sync_members(st.api, c.group, list(c.participants))
                 except Exception as e:
                     log.warning("group %s: %s", c.group, e)
+        try:
+            await st.sync_access(full=True)
+        except Exception:
+            log.exception("instructors' access at start failed (the next pass tries again)")
 
     PeriodicCallback(cull, every * 1000).start()
+    PeriodicCallback(access, float(os.environ.get("ESKER_COURSES_ACCESS_EVERY", "60")) * 1000).start()
     # A separate loop: building an environment takes minutes and must not hold up culling. Tornado awaits a
     # coroutine callback before scheduling the next run, so passes never overlap.
     warm_every = float(os.environ.get("ESKER_COURSES_PREWARM_EVERY", "60"))
@@ -97,7 +120,18 @@ def main() -> None:
     IOLoop.current().add_callback(setup)
     IOLoop.current().add_callback(prewarm)
     log.info("esker-courses on %s%s", url.geturl(), prefix)
-    IOLoop.current().start()
+    loop = IOLoop.current()
+
+    def stop(signum, _frame):
+        # The hub stops its managed services with SIGINT, then SIGTERM: leave at once, without waiting for a
+        # pre-warming build's thread (a daemon's work; the next start picks it up).
+        log.info("esker-courses stopping (signal %d)", signum)
+        loop.add_callback_from_signal(loop.stop)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    loop.start()
+    os._exit(0)
 
 
 if __name__ == "__main__":

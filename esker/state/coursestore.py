@@ -1,5 +1,6 @@
 """The course store: reservations, courses created or changed at run time (the esker-courses service's),
-and the last pre-warm pass per reservation, in ``courses.sqlite`` in the state directory.
+the last pre-warm pass per reservation and the instructors' shares the service granted, in ``courses.sqlite``
+in the state directory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class CourseStore:
             " end_ TEXT NOT NULL, created_by TEXT NOT NULL, created REAL NOT NULL)",
             "CREATE TABLE IF NOT EXISTS courses (name TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL)",
             "CREATE TABLE IF NOT EXISTS prewarm (id TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS access (owner TEXT NOT NULL, recipient TEXT NOT NULL, updated REAL NOT NULL,"
+            " PRIMARY KEY (owner, recipient))",
         ])
         self.path = self._store.path
         self._tx = self._store.tx
@@ -81,6 +84,18 @@ class CourseStore:
     def put_prewarm(self, rid: str, record: dict) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO prewarm VALUES (?, ?, ?)", (rid, json.dumps(record), time.time()))
+
+    # instructors' access: (participant, instructor) pairs whose share of the participant's server the service
+    # granted (esker.courses.hubsync.reconcile_access), so it revokes only its own
+    def access_grants(self) -> set[tuple[str, str]]:
+        with self._tx() as db:
+            return {(o, r) for o, r in db.execute("SELECT owner, recipient FROM access")}
+
+    def record_access(self, granted: Iterable[tuple[str, str]], revoked: Iterable[tuple[str, str]]) -> None:
+        with self._tx() as db:
+            now = time.time()
+            db.executemany("INSERT OR REPLACE INTO access VALUES (?, ?, ?)", [(o, r, now) for o, r in granted])
+            db.executemany("DELETE FROM access WHERE owner=? AND recipient=?", list(revoked))
 
     # runtime courses
     def course_overlays(self) -> dict[str, dict]:
