@@ -189,10 +189,9 @@ class CoursesHandler(Base):
     async def post(self):
         if not self.is_admin:
             raise web.HTTPError(403, "only admins create courses")
-        body = self.body(openapi.COURSE_CREATE)
-        if body["name"] in self.st.courses():
-            raise web.HTTPError(409, f"name: {body['name']!r} is used by another course")
-        data = validate_course(self.st.cfg, body)
+        data = validate_course(self.st.cfg, self.body(openapi.COURSE_CREATE))  # 400 first, then 409
+        if data["name"] in self.st.courses():
+            raise web.HTTPError(409, f"name: {data['name']!r} is used by another course")
         await ensure_users(self.st.api, data["instructors"])
         await sync_members(self.st.api, data["group"], data["participants"])
         self.st.store.put_course(data["name"], data)

@@ -8,10 +8,10 @@ import asyncio
 import logging
 import os
 from datetime import datetime, timezone
-from urllib.parse import quote
 
 from esker import resources
 from esker.courses.context import ServiceState
+from esker.courses.hubsync import q
 from esker.courses.prewarm import (
     PLACEHOLDER_SELECTOR,
     environments_to_build,
@@ -52,16 +52,16 @@ async def cull_once(st: ServiceState, now: datetime | None = None) -> list[str]:
     st.store.expire(now)
     stopped = []
     for c in st.courses().values():
-        code, group = await st.api("GET", f"/groups/{quote(c.group)}", ok=(200,))
+        code, group = await st.api("GET", f"/groups/{q(c.group)}", ok=(200,))
         for u in (group or {}).get("users", ()):
-            code, user = await st.api("GET", f"/users/{quote(u)}", ok=(200,))
+            code, user = await st.api("GET", f"/users/{q(u)}", ok=(200,))
             server = ((user or {}).get("servers") or {}).get("")
             if not server or not server.get("ready") or not server.get("last_activity"):
                 continue
             idle = (now - datetime.fromisoformat(server["last_activity"].replace("Z", "+00:00"))).total_seconds()
             if idle > c.idle_timeout:
                 log.info("stopping %s's server: idle %ds, course %s allows %ds", u, idle, c.name, c.idle_timeout)
-                await st.api("DELETE", f"/users/{quote(u)}/server", ok=(202, 204))
+                await st.api("DELETE", f"/users/{q(u)}/server", ok=(202, 204))
                 stopped.append(u)
     return stopped
 
