@@ -88,10 +88,7 @@ class Base(JsonHandler):
 
     async def prepare(self):
         token = self.st.auth.get_token(self, in_cookie=False)
-        try:
-            model = await self.st.auth.user_for_token(token, sync=False) if token else None
-        except web.HTTPError as e:  # HubAuth's own 500 when the hub does not answer as it should
-            raise web.HTTPError(502, f"the hub could not check the token: {e.log_message or e.status_code}") from None
+        model = await self.identify(token) if token else None
         if not model:
             raise web.HTTPError(403, "a hub token is required (Authorization: token ...)")
         self.who = model
@@ -99,6 +96,18 @@ class Base(JsonHandler):
         self.is_admin = bool(model.get("admin")) or {"admin:users", "admin:groups"} <= scopes
         self.name = model.get("name", "")
         self.groups = set(model.get("groups", ()))
+
+    async def identify(self, token: str, tries: int = 3):
+        """The token's owner as the hub sees it (HubAuth, cached), or None. A hub that answers 5xx for a moment (a
+        busy database) is asked again; one that keeps failing is a 502, not the 500 HubAuth raises."""
+        for attempt in range(tries):
+            try:
+                return await self.st.auth.user_for_token(token, sync=False)
+            except web.HTTPError as e:
+                if attempt == tries - 1:
+                    raise web.HTTPError(502, "the hub could not check the token: "
+                                             f"{e.log_message or e.status_code}") from None
+                await asyncio.sleep(0.5 * (attempt + 1))
 
     def body(self, schema: dict | None = None) -> dict:
         try:
