@@ -22,6 +22,7 @@ import requests
 import yaml
 
 from esker import resources
+from esker.app import shutdown
 from esker.hubapi import Hub
 
 # The `esker` command of this interpreter's environment (the venv the tests and benchmarks run in).
@@ -79,6 +80,7 @@ class RunningHub:
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(self.state_dir, "hub.log")
         self.extra_config = extra_config
+        self.last_stop = shutdown.Outcome()
         os.makedirs(ENVS_DIR, exist_ok=True)
         os.chmod(ENVS_DIR, 0o755)
 
@@ -126,16 +128,18 @@ class RunningHub:
             return ""
         return "\n".join(lines[-n:])
 
-    def stop_hub(self) -> None:
-        """Stop the hub process only (servers and proxy stay up, as on a real restart)."""
+    def stop_hub(self, timeout: float = 90) -> None:
+        """Stop the hub and its services only (servers and proxy stay up, as on a real restart); a hub that does
+        not exit in ``timeout`` seconds is killed, and its services with it."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(60)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        self.last_stop = shutdown.stop(self.state_dir, everything=False, hub_timeout=timeout)
 
     def server_pids(self) -> list[int]:
         db = os.path.join(self.state_dir, "jupyterhub.sqlite")
@@ -154,7 +158,8 @@ class RunningHub:
         return pids
 
     def teardown(self) -> None:
-        """Stop everything this hub started: servers, hub, proxy, Spark; remove its accounts."""
+        """Stop everything this hub started: servers, hub, its services (Spark, the courses service, the culler),
+        proxy; remove its accounts and state. Raises when a process or port of it is still there afterwards."""
         if self.proc and self.proc.poll() is None:
             try:
                 users = self.hub.request("GET", "/users", timeout=10).json()
@@ -163,19 +168,8 @@ class RunningHub:
                         self.hub.request("DELETE", f"/users/{u['name']}/server", timeout=30)
             except Exception:
                 pass
-        pids = self.server_pids()
         self.stop_hub()
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        pidfile = Path(self.state_dir) / "proxy.pid"
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
+        out = shutdown.stop(self.state_dir, everything=True)
         if os.geteuid() == 0:
             for line in Path("/etc/passwd").read_text().splitlines():
                 name = line.split(":", 1)[0]
@@ -184,6 +178,9 @@ class RunningHub:
                     subprocess.run(["groupdel", name], capture_output=True)
         if not os.environ.get("ESKER_TEST_KEEP"):
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        left = self.last_stop.left + out.left
+        if left:
+            raise RuntimeError(f"the hub in {self.state_dir} left processes or ports behind:\n" + "\n".join(left))
 
 
 def prepare_environments(names: list[str]) -> None:

@@ -36,4 +36,4 @@ if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"]:
     spark_home = spark_home_of(env.python)
 
 d = deployment.deployment(cfg, state_dir, config_file, spark_home)
-traits.apply(c, traits.to_traitlets(cfg.data, d))
+traits.apply(c, traits.supervised(traits.to_traitlets(cfg.data, d), d))  # services: esker.system.supervise

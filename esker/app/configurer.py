@@ -147,6 +147,35 @@ def to_traitlets(cfg: dict, d: Deployment) -> Mapping:
     return merged
 
 
+# Seconds a service has between SIGTERM and SIGKILL (esker.system.supervise); Ceph stops three daemons in turn.
+SERVICE_GRACE = {"ceph": 14.0}
+
+
+def services_dir(state_dir: str) -> str:
+    """Where each supervised service's pid file is (``<name>.pid``): `esker stop` finds them there."""
+    return os.path.join(state_dir, "services")
+
+
+def supervised(mapping: Mapping, d: Deployment) -> Mapping:
+    """The embedded hub's managed services, each run under esker.system.supervise: in a process group it leads,
+    recorded in ``services/<name>.pid``, stopped with everything it started within its grace (so the hub's
+    shutdown never waits on a service, and nothing a service started outlives it). Kubernetes hubs do not need
+    it (the pod goes as a whole)."""
+    hub = mapping.get("JupyterHub", {})
+    services = []
+    for service in hub.get("services", []):
+        if service.get("command") and service["command"][1:3] != ["-m", "esker.system.supervise"]:
+            name = service["name"]
+            service = {**service, "command": [
+                d.python, "-m", "esker.system.supervise", "--name", name,
+                "--pid-file", os.path.join(services_dir(d.state_dir), f"{name}.pid"),
+                "--grace", str(SERVICE_GRACE.get(name, 8.0)), "--", *service["command"]]}
+        services.append(service)
+    if services:
+        hub["services"] = services
+    return mapping
+
+
 def apply(c, mapping: Mapping) -> None:
     for cls, traits in mapping.items():
         section = c[cls]

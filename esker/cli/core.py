@@ -125,53 +125,39 @@ def register_run(sub) -> None:
 
 
 def cmd_stop(args) -> int:
-    """Stop the hub, then (with --all) the servers and the proxy it leaves running across restarts."""
-    import json
+    """Stop the hub and its services, then (with --all) the servers and the proxy it leaves running across
+    restarts; verify, and say "stopped" only when nothing is left (esker.app.shutdown)."""
     import os
-    import signal
-    import sqlite3
-    import time
-    from pathlib import Path
 
+    from esker.app import shutdown
     from esker.runtime import default_state_dir
 
-    state = Path(args.state_dir or default_state_dir())
-
-    def kill(pid: int, what: str, group: bool = False) -> None:
+    state = args.state_dir or default_state_dir()
+    hub_port = proxy_api_port = None
+    if os.environ.get("ESKER_CONFIG"):  # ports the config fixes (others are in the state dir's ports.json)
         try:
-            (os.killpg if group else os.kill)(pid, signal.SIGTERM)
-            print(f"stopped {what} (pid {pid})")
-        except (ProcessLookupError, PermissionError):
+            hub = config.load(os.environ["ESKER_CONFIG"])["hub"]
+            hub_port, proxy_api_port = hub.get("hub_port") or None, hub.get("proxy_api_port") or None
+        except (config.ConfigError, KeyError):
             pass
-
-    def pid_from(name: str) -> int | None:
-        try:
-            return int((state / name).read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    hub_pid = pid_from("jupyterhub.pid")
-    if hub_pid:
-        kill(hub_pid, "the hub")
-        for _ in range(100):  # managed services (Spark, Ceph) stop with the hub
-            try:
-                os.kill(hub_pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-    if not args.all:
-        print("servers and the proxy keep running (they survive hub restarts); `esker stop --all` stops them")
-        return 0
-    db = state / "jupyterhub.sqlite"
-    if db.exists():
-        with sqlite3.connect(db) as conn:
-            for (raw,) in conn.execute("SELECT state FROM spawners WHERE state IS NOT NULL"):
-                pid = json.loads(raw or "{}").get("pid")
-                if pid:
-                    kill(int(pid), "a notebook server", group=True)
-    proxy = pid_from("proxy.pid")
-    if proxy:
-        kill(proxy, "the proxy")
+    out = shutdown.stop(state, everything=args.all, hub_timeout=args.timeout, grace=args.grace,
+                        hub_port=hub_port, proxy_api_port=proxy_api_port)
+    for line in out.killed:
+        print(f"SIGKILL: {line}")
+    if not out.ok:
+        for line in out.left:
+            print(f"NOT stopped: {line}", file=sys.stderr)
+        print(f"esker stop: {len(out.left)} thing(s) still running (state {state})", file=sys.stderr)
+        return 1
+    for line in out.stopped:
+        print(f"stopped {line}")
+    if not out.stopped:
+        print(f"nothing of the hub in {state} was running")
+    if args.all:
+        print("nothing is left running and no port is held")
+    else:
+        print("the hub and its services are stopped; servers and the proxy keep running (they survive hub "
+              "restarts): `esker stop --all` stops them")
     return 0
 
 
@@ -179,9 +165,15 @@ def register_stop(sub) -> None:
     p = sub.add_parser(
         "stop",
         help="stop the hub (and with --all its servers and proxy)",
-        description="Stop the embedded hub found in the state directory. Notebook servers and the proxy "
-        "outlive a hub restart by design; --all stops them too.",
+        description="Stop the embedded hub found in the state directory and its services (Spark, Ceph, the "
+        "courses service, the idle culler), waiting for each and escalating to SIGKILL; exits 1 and names what is "
+        "still running when anything is. Notebook servers and the proxy outlive a hub restart by design; --all "
+        "stops them too.",
     )
     p.add_argument("--state-dir", help="state directory (default: $ESKER_STATE_DIR, /var/lib/esker as root)")
     p.add_argument("--all", action="store_true", help="also stop every notebook server and the proxy")
+    p.add_argument("--timeout", type=float, default=90.0,
+                   help="seconds the hub has to shut down after SIGTERM before SIGKILL (default 90)")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds every other process has after SIGTERM before SIGKILL (default 10)")
     p.set_defaults(func=cmd_stop)

@@ -19,6 +19,24 @@ from esker.objectstore.ceph import OBJECTSTORES, CephCluster, CephError
 log = logging.getLogger("esker.ceph")
 
 
+# Seconds each daemon (radosgw, then the OSD, then the monitor) has to exit after SIGTERM when the service stops,
+# before SIGKILL: the whole stop fits in the grace the hub's supervisor gives the service (esker.app.configurer).
+STOP_TIMEOUT = 4.0
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(*_):
+    raise _Interrupted()
+
+
+def _ignore_signals() -> None:  # already stopping: a second signal changes nothing
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: None)
+
+
 def _parser() -> argparse.ArgumentParser:
     state = os.environ.get("ESKER_STATE_DIR")
     p = argparse.ArgumentParser(
@@ -78,7 +96,16 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(creds))
             return 0
         t0 = time.monotonic()
-        cluster.start()
+        if args.action == "run":  # a stop asked for while starting: stop what has started, at once
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, _interrupt)
+        try:
+            cluster.start()
+        except _Interrupted:
+            _ignore_signals()
+            log.info("stopping Ceph (asked to while it started)")
+            cluster.stop(STOP_TIMEOUT)
+            return 0
         log.info("Ceph RGW ready on %s in %.1f s (%s, %s)", cluster.endpoint, time.monotonic() - t0,
                  cluster.objectstore, cluster.dir)
         if args.action == "start":
@@ -86,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     except CephError as e:
         log.error("%s", e)
         if args.action == "run":
-            cluster.stop()
+            _ignore_signals()
+            cluster.stop(STOP_TIMEOUT)
         return 1
 
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # from here on: finish the loop, then stop
         signal.signal(sig, lambda *_: stop.set())
     code = 0
     while not stop.wait(2.0):
@@ -100,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
             break
     log.info("stopping Ceph")
-    cluster.stop()
+    cluster.stop(STOP_TIMEOUT)
     return code
 
 
