@@ -127,4 +127,3 @@ def course_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
     return env
 
 
-DEFAULT_CONTRIBUTORS: tuple[Contributor, ...] = (profile_env, scratch_env, gpu_env, spark_env, storage_env, course_env)

@@ -17,7 +17,8 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from esker.core.catalog import Catalog, Profile, UserInfo
-from esker.core.contributors import DEFAULT_CONTRIBUTORS, Contributor
+from esker.core.contributors import Contributor
+from esker.core.services import ENVIRONMENT
 from esker.units import parse_size
 
 
@@ -195,7 +196,7 @@ def build_plan(
     if len(placement.gpu_devices) != sel.gpus and site.mode == "embedded":
         raise ValueError(f"placement has {len(placement.gpu_devices)} GPUs for a selection of {sel.gpus}")
     env: dict[str, str] = {}
-    for contribute in DEFAULT_CONTRIBUTORS if contributors is None else contributors:
+    for contribute in ENVIRONMENT if contributors is None else contributors:
         for k, v in contribute(sel, placement, site).items():
             if k in env and env[k] != v:
                 raise ValueError(f"two services set {k} differently")

@@ -6,8 +6,10 @@ takes, the object-storage policy (required / optional / none), progress messages
 release after a failed start all live here. A backend (``EskerLocalSpawner``, ``EskerKubeSpawner``) is
 this class in front of its JupyterHub spawner and adds only placement and lifecycle:
 
-- :meth:`esker_prepare` takes what the plan needs and sets ``self.plan`` (before the server starts);
-- :meth:`esker_release` gives it back (after stop, or after a failed start; safe to call twice);
+- ``esker_services``: its services in order (:mod:`esker.spawner.services`), prepared by
+  :meth:`esker_prepare_services` and released in reverse by :meth:`esker_release`;
+- :meth:`esker_prepare` places the server: runs the services and sets ``self.plan`` (before it starts);
+- :meth:`esker_release` gives back what was taken (after stop, or after a failed start; safe to call twice);
 - :meth:`gpu_capacity` says how many GPUs exist (``None``: the cluster's scheduler decides).
 """
 
@@ -30,8 +32,8 @@ from traitlets import Unicode, default
 from esker import metrics, resources
 from esker.core.catalog import Catalog, UserInfo
 from esker.core.config import EskerConfig
-from esker.core.plan import OptionError, Selection, select
-from esker.courses.content import course_grant
+from esker.core.plan import OptionError, Placement, Selection, select
+from esker.core.services import Service
 from esker.courses.model import Course
 from esker.courses.reservations import machine_capacity
 from esker.courses.seats import SeatRefused, active_promises, check_seat, running_from_db
@@ -189,17 +191,18 @@ class EskerSpawner(Spawner):
         except SeatRefused as e:
             raise web.HTTPError(e.status, str(e)) from None
 
-    # -- what services prepare ------------------------------------------------------------------------
-    async def esker_grants(self, sel: Selection, courses: list[Course]) -> dict[str, Mapping[str, str]]:
-        """What services prepared for this server, by service: ``courses`` and ``storage`` when present."""
-        grants: dict[str, Mapping[str, str]] = {}
-        mine = course_grant(courses, sel.user)
-        if mine:
-            grants["courses"] = mine
-        storage = await self.esker_storage_grant(sel)
-        if storage:
-            grants["storage"] = storage
-        return grants
+    # -- services -------------------------------------------------------------------------------------
+    esker_services: tuple[Service, ...] = ()  # the backend's, in the order they are prepared
+    esker_course_list: list[Course] | None = None  # the courses as read for this start (Courses service)
+
+    async def esker_prepare_services(self, sel: Selection, placement: Placement) -> Placement:
+        for service in self.esker_services:
+            placement = await service.prepare(self, sel, placement)
+        return placement
+
+    async def esker_deliver_courses(self, sel: Selection, courses: list[Course], placement: Placement) -> None:
+        """Put course content in place before start (embedded: merged into the home); on Kubernetes the
+        pod's init containers do it."""
 
     async def esker_storage_grant(self, sel: Selection) -> Mapping[str, str] | None:
         """The user's S3 identity and bucket, by the profile's policy: ``required`` refuses to start without
@@ -253,7 +256,13 @@ class EskerSpawner(Spawner):
         raise NotImplementedError
 
     async def esker_release(self) -> None:
-        """The backend gives back what :meth:`esker_prepare` took (extend with ``super()``)."""
+        """Every service's release, in reverse order, each attempted even when another fails; a backend
+        extends it with ``super()`` for what it placed itself."""
+        for service in reversed(self.esker_services):
+            try:
+                await service.release(self)
+            except Exception:
+                self.log.exception("%s: releasing %s failed", self._log_name, service.name)
         metrics.server_stopped(self.owner_key)
 
     async def start(self):

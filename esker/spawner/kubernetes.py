@@ -26,6 +26,7 @@ from esker.core.plan import LaunchPlan, Selection, build_plan
 from esker.courses.model import Course, courses_for
 from esker.spawner import k8s_objects as ko
 from esker.spawner.base import EskerSpawner
+from esker.spawner.services import Courses, InPod, ObjectStorage
 
 prepull_images = ko.prepull_images
 
@@ -60,6 +61,35 @@ async def delete_executors(api, names: ko.Names) -> None:
     """Delete a server's Spark executor pods. Spark's ownerReferences already let Kubernetes collect
     them after the notebook pod goes; this frees their resources now."""
     await api.delete_collection_namespaced_pod(names.namespace, label_selector=ko.executor_selector(names))
+
+
+class KubeSpark:
+    """Spark on Kubernetes: the driver's Service and RBAC are created with the pod (esker_objects); at stop,
+    or after a failed start, the executor pods and those objects go."""
+
+    name = "spark"
+
+    async def prepare(self, sp, sel: Selection, placement):
+        return placement
+
+    async def release(self, sp) -> None:
+        mode = ko.spark_mode(sp.esker_config.data)
+        if not mode:
+            return
+        names = sp.esker_names()
+        if mode == "kubernetes":
+            try:
+                await delete_executors(sp.api, names)
+            except ApiException as e:
+                sp.log.warning("Could not delete Spark executors of %s: %s", names.pod, e.reason)
+        for kind in ("RoleBinding", "Role", "ServiceAccount", "Service"):
+            client, _, delete = _API[kind]
+            name = names.driver_service if kind == "Service" else names.service_account
+            try:
+                await getattr(shared_client(client), delete)(name, sp.namespace)
+            except ApiException as e:
+                if e.status != 404:
+                    sp.log.warning("Could not delete %s %s: %s", kind, name, e.reason)
 
 
 class EskerKubeSpawner(EskerSpawner, KubeSpawner):
@@ -154,7 +184,7 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
         self.extra_resource_limits = {**base["extra_resource_limits"], **extra}
         self.node_selector = {**base["node_selector"], **gpu["node_selector"]}
         self.tolerations = _with(base["tolerations"], gpu["tolerations"], "esker-gpu")
-        course = self.esker_course_pod(plan, base, courses_for(sel.user, self._esker_courses if self._esker_courses is not None else self.esker_courses()))
+        course = self.esker_course_pod(plan, base, courses_for(sel.user, self.esker_course_list if self.esker_course_list is not None else self.esker_courses()))
         self.volumes = _with(_with(base["volumes"], [volume], ko.SCRATCH_VOLUME), course["volumes"],
                              ko.DATASETS_VOLUME)
         self.volume_mounts = _with(_with(base["volume_mounts"], [mount], ko.SCRATCH_VOLUME),
@@ -189,14 +219,17 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
             out.append(pvc)
         return out + self.esker_objects()
 
-    _esker_courses: list | None = None  # read once per start, by esker_prepare
+    # Prepared in this order, released in the reverse one (esker.spawner.services); the pod carries scratch
+    # (a volume and its init container) and GPUs (the device plugin's resource).
+    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeSpark(), ObjectStorage())
     _esker_grants: Mapping = {}
 
     async def esker_prepare(self, sel: Selection) -> None:
-        """Grants first, then the plan on KubeSpawner's traits, then the objects beside the pod. KubeSpawner's
-        _start loads the options again: idempotent, the plan is re-applied to the same base."""
-        self._esker_courses = self.esker_courses()
-        self._esker_grants = await self.esker_grants(sel, self._esker_courses)
+        """The services first (their grants), then the plan on KubeSpawner's traits, then the objects beside
+        the pod. KubeSpawner's _start loads the options again: idempotent, the plan is re-applied to the same
+        base."""
+        placement = ko.kubernetes_placement(sel, self.esker_config.data, home=self.course_home)
+        self._esker_grants = (await self.esker_prepare_services(sel, placement)).grants
         await self.load_user_options()
         if self.enable_user_namespaces:
             await self._ensure_namespace()
@@ -209,27 +242,6 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
                     raise
         self.plan = self.esker_launch_plan
 
-    async def stop(self, now=False):
-        if ko.spark_mode(self.esker_config.data) == "kubernetes":
-            names = self.esker_names()
-            try:
-                await delete_executors(self.api, names)
-            except ApiException as e:
-                self.log.warning("Could not delete Spark executors of %s: %s", names.pod, e.reason)
-        await super().stop(now=now)
-
     async def esker_release(self) -> None:
-        """The Spark driver Service and RBAC go with the server, also after a failed start."""
-        self._esker_courses, self._esker_grants, self.plan = None, {}, None
         await super().esker_release()
-        if not ko.spark_mode(self.esker_config.data):
-            return
-        names = self.esker_names()
-        for kind in ("RoleBinding", "Role", "ServiceAccount", "Service"):
-            client, _, delete = _API[kind]
-            name = names.driver_service if kind == "Service" else names.service_account
-            try:
-                await getattr(shared_client(client), delete)(name, self.namespace)
-            except ApiException as e:
-                if e.status != 404:
-                    self.log.warning("Could not delete %s %s: %s", kind, name, e.reason)
+        self._esker_grants, self.plan = {}, None

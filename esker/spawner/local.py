@@ -12,16 +12,15 @@ import os
 import time
 
 from jupyterhub.spawner import LocalProcessSpawner
-from tornado import web
 from traitlets import Any, Bool, Integer, Unicode, default
 
 from esker import metrics
-from esker.core.plan import LaunchPlan, OptionError, Selection, build_plan, select, with_grants
+from esker.core.plan import LaunchPlan, OptionError, Placement, Selection, build_plan, select
 from esker.courses.content import prepare_course_content
 from esker.spark.cluster import java_home
 from esker.spawner.base import EskerSpawner
 from esker.spawner.embedded import account_name, developer_home, embedded_placement
-from esker.state.ledger import NoCapacity
+from esker.spawner.services import Courses, LocalGpus, LocalScratch, ObjectStorage, SharedSpark
 from esker.system import accounts, scratch
 from esker.system.cgroups import Group, Limiter
 
@@ -52,6 +51,10 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         # PATH and friends come from the profile's environment, not from the hub's.
         return ["LANG", "LC_ALL"]
 
+    # Prepared in this order, released in the reverse one (esker.spawner.services).
+    esker_services = (Courses(), LocalGpus(), LocalScratch(), SharedSpark(), ObjectStorage())
+    esker_ids: tuple = (None, None)  # the account's uid and gid; None in developer mode
+
     def gpu_capacity(self) -> int:
         return len(self.runtime.gpus)
 
@@ -77,32 +80,11 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
 
         # useradd, chown and mkdir block: keep them off the hub's event loop.
         acct = await asyncio.to_thread(self._account)
-        self.account_name = acct.name
-        uid, gid = (None, None) if self.developer_mode else (acct.uid, acct.gid)
-        courses = await asyncio.to_thread(self.esker_courses)
-        for msg in await prepare_course_content(courses, rt.state_dir, sel.user, acct.home, uid, gid):
-            self.esker_event(62, msg)
-
-        if sel.gpus:
-            try:
-                pool = [g.id for g in rt.gpus]
-                self.gpu_devices = await asyncio.to_thread(rt.ledger.assign, "gpu", self.owner_key, sel.gpus, pool)
-            except NoCapacity as e:
-                raise web.HTTPError(503, f"No GPU is free for {sel.profile.display_name}: {e}. "
-                                    "Try the CPU-only choice or come back later.") from None
-            self.esker_event(65, f"GPU(s) {', '.join(self.gpu_devices)} assigned")
-
+        self.account_name, self._home = acct.name, acct.home
+        self.esker_ids = (None, None) if self.developer_mode else (acct.uid, acct.gid)
         placement = embedded_placement(sel, rt.config, rt.state_dir, account=account_name(rt.config, self.user.name),
-                                       home=acct.home, gpu_devices=self.gpu_devices, python=env.python)
-        self.scratch_dir = placement.scratch_dir
-        free = await asyncio.to_thread(scratch.free_bytes, rt.scratch_root)
-        await asyncio.to_thread(scratch.prepare, self.scratch_dir, uid, gid)
-        if free < sel.scratch_size:
-            self.log.warning("scratch for %s: %d bytes free under %s, profile allows %d",
-                             self.user.name, free, rt.scratch_root, sel.scratch_size)
-        self.esker_event(70, f"Scratch ready at {self.scratch_dir}")
-
-        placement = with_grants(placement, **await self.esker_grants(sel, courses))
+                                       home=acct.home, gpu_devices=(), python=env.python)
+        placement = await self.esker_prepare_services(sel, placement)
         self.plan = build_plan(sel, placement, rt.site)
         if not self.developer_mode:
             limiter = rt.extra.setdefault("limiter", Limiter())
@@ -110,8 +92,12 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
                                                   self.plan.mem_limit)
         self.cmd = [os.path.join(env.bin, "jupyterhub-singleuser")]
         self._env_dir = str(env.path)
-        self._home = acct.home
         self.esker_event(80, f"Starting JupyterLab ({sel.profile.display_name})")
+
+    async def esker_deliver_courses(self, sel: Selection, courses, placement: Placement) -> None:
+        uid, gid = self.esker_ids
+        for msg in await prepare_course_content(courses, self.state_dir, sel.user, placement.home, uid, gid):
+            self.esker_event(62, msg)
 
     async def start(self):
         url = await super().start()
@@ -188,16 +174,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
 
     async def esker_release(self):
         """Give back what esker_prepare took; safe to call twice and after a failed start."""
-        rt = self.runtime
-        await asyncio.to_thread(rt.ledger.release, "gpu", self.owner_key)
-        self.gpu_devices = ()
-        await super().esker_release()
-        metrics.gpu_released(self.owner_key)
-        metrics.scratch_cleared(self.user.name)
-        keep = self.selection.scratch_keep if self.selection is not None else True
-        if self.scratch_dir and not keep:
-            await asyncio.to_thread(scratch.wipe, self.scratch_dir)
-        self.scratch_dir = ""
+        await super().esker_release()  # the services: storage, Spark, scratch, GPUs, courses
         self.plan = None
         self._home = ""
         group, self.cgroup = self.cgroup, None

@@ -128,3 +128,26 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
             assert e["spark.hadoop.fs.s3a.secret.key"] == STORAGE["secret_key"]
         seen += 1
     assert seen == (6 if user == "alice" else 4)  # alice: every choice (gpu-users); bob: no GPU profile
+
+
+def test_both_backends_draw_and_read_the_same_spawn_form(config_file, tmp_path):
+    """One template and one parser: the form is the same page in both modes (the embedded hub here has the
+    GPUs the profiles offer), and a submitted form becomes the same user_options."""
+    from esker.spawner.local import EskerLocalSpawner
+
+    data = yaml.safe_load(open(config_file))
+    data["gpus"]["devices"] = ["0", "1"]
+    gpu_config = tmp_path / "esker.yaml"
+    gpu_config.write_text(yaml.safe_dump(data))
+    form = {"profile": ["tensorflow"], "profile-option-tensorflow--gpus": ["1"], "profile-option-spark--x": ["y"]}
+
+    async def run():
+        kube = cli_preview.make_spawner("alice", ("gpu-users",), False, str(gpu_config), {})
+        user = cli_preview.PreviewUser(name="alice", groups=[cli_preview._Group("gpu-users")])
+        local = EskerLocalSpawner(user=user, config_file=str(gpu_config), state_dir=str(tmp_path / "state"))
+        return [(sp.options_form(sp), sp.options_from_form(form)) for sp in (kube, local)]
+
+    (k_page, k_opts), (l_page, l_opts) = asyncio.run(run())
+    assert 'name="profile-option-tensorflow--gpus"' in k_page
+    assert k_page == l_page
+    assert k_opts == l_opts == {"profile": "tensorflow", "gpus": "1"}

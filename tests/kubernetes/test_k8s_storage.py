@@ -11,7 +11,7 @@ from tornado import web
 
 from esker.cli import preview as cli_preview
 from esker import resources
-from esker.spawner import kubernetes as kube
+from esker.spawner import k8s_objects as ko
 from esker.core.plan import build_plan, select
 
 pytestmark = pytest.mark.kubernetes
@@ -50,7 +50,8 @@ def spawn_env(config_file, storage, profile="minimal"):
     async def run():
         sp = cli_preview.make_spawner("alice", ("instructors",), False, config_file, {"profile": profile})
         sp.runtime.storage = storage  # this test's own runtime (its own config file)
-        sp._esker_grants = await sp.esker_grants(sp.esker_select(sp.user_options), [])
+        sel = sp.esker_select(sp.user_options)  # the services, as esker_prepare runs them
+        sp._esker_grants = (await sp.esker_prepare_services(sel, ko.kubernetes_placement(sel, sp.esker_config))).grants
         pod = (await sp.esker_manifests())[0]
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         return sp, env

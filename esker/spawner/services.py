@@ -1,0 +1,116 @@
+"""The services a spawn goes through (:class:`esker.core.services.Service`): what each takes before start and
+gives back after stop. Object storage and courses work the same in both modes; scratch, GPUs and Spark
+differ by where the server runs. What each adds to the environment is the plan's, in esker.core.contributors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from tornado import web
+
+from esker import metrics
+from esker.core.plan import Placement, Selection, with_grants
+from esker.courses.content import course_grant
+from esker.state.ledger import NoCapacity
+from esker.system import scratch
+
+
+class ObjectStorage:
+    """The user's S3 identity and bucket, by the profile's policy (EskerSpawner.esker_storage_grant)."""
+
+    name = "storage"
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        grant = await sp.esker_storage_grant(sel)
+        return with_grants(placement, storage=grant) if grant else placement
+
+    async def release(self, sp) -> None:
+        pass  # identities and buckets outlive a server
+
+
+class Courses:
+    """The courses the user takes or teaches: content delivered by the backend, then the ``courses`` grant."""
+
+    name = "courses"
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        courses = await asyncio.to_thread(sp.esker_courses)
+        sp.esker_course_list = courses
+        await sp.esker_deliver_courses(sel, courses, placement)
+        grant = course_grant(courses, sel.user)
+        return with_grants(placement, courses=grant) if grant else placement
+
+    async def release(self, sp) -> None:
+        sp.esker_course_list = None  # the content stays in the home: it is the user's work
+
+
+class InPod:
+    """A service the pod spec carries (a volume, a device-plugin resource): nothing to take or give back."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        return placement
+
+    async def release(self, sp) -> None:
+        pass
+
+
+class SharedSpark(InPod):
+    """Embedded Spark: the hub's one standalone cluster; a server only gets its address and share."""
+
+    def __init__(self):
+        super().__init__("spark")
+
+
+class LocalGpus:
+    """GPU ids from the hub's ledger (persistent: a restart cannot hand one out twice)."""
+
+    name = "gpus"
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        if not sel.gpus:
+            return placement
+        rt = sp.runtime
+        try:
+            sp.gpu_devices = await asyncio.to_thread(rt.ledger.assign, "gpu", sp.owner_key, sel.gpus,
+                                                     [g.id for g in rt.gpus])
+        except NoCapacity as e:
+            raise web.HTTPError(503, f"No GPU is free for {sel.profile.display_name}: {e}. "
+                                "Try the CPU-only choice or come back later.") from None
+        sp.esker_event(65, f"GPU(s) {', '.join(sp.gpu_devices)} assigned")
+        return replace(placement, gpu_devices=tuple(sp.gpu_devices))
+
+    async def release(self, sp) -> None:
+        await asyncio.to_thread(sp.runtime.ledger.release, "gpu", sp.owner_key)
+        sp.gpu_devices = ()
+        metrics.gpu_released(sp.owner_key)
+
+
+class LocalScratch:
+    """The user's folder under scratch.root (0700, the user's own, with tmp/ and spark/); wiped at stop
+    unless the profile keeps it."""
+
+    name = "scratch"
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        sp.scratch_dir = placement.scratch_dir
+        root = sp.runtime.scratch_root
+        free = await asyncio.to_thread(scratch.free_bytes, root)
+        uid, gid = sp.esker_ids
+        await asyncio.to_thread(scratch.prepare, sp.scratch_dir, uid, gid)
+        if free < sel.scratch_size:
+            sp.log.warning("scratch for %s: %d bytes free under %s, profile allows %d",
+                           sp.user.name, free, root, sel.scratch_size)
+        sp.esker_event(70, f"Scratch ready at {sp.scratch_dir}")
+        return placement
+
+    async def release(self, sp) -> None:
+        metrics.scratch_cleared(sp.user.name)
+        keep = sp.selection.scratch_keep if sp.selection is not None else True
+        if sp.scratch_dir and not keep:
+            await asyncio.to_thread(scratch.wipe, sp.scratch_dir)
+        sp.scratch_dir = ""
