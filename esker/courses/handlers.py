@@ -164,7 +164,8 @@ def validate_course(cfg, data: dict) -> dict:
     """A whole course (a new one, or an old one with changes): the schema, then what the schema cannot say."""
     check(openapi.COURSE_CREATE, data)
     filled = config_mod._fill_defaults(openapi.COURSE_CREATE, copy.deepcopy(data))
-    probe = {"profiles": cfg["profiles"], "storage": cfg["storage"], "courses": [filled], "capacity": {}}
+    probe = {"hub": cfg["hub"], "profiles": cfg["profiles"], "storage": cfg["storage"], "courses": [filled],
+             "capacity": {}}  # hub.mode decides what content is deliverable
     problems = [p.replace("courses[0].", "") for p in course_problems(probe)]
     problems += name_problems("participants", filled["participants"])
     problems += name_problems("instructors", filled["instructors"])

@@ -100,3 +100,20 @@ def test_instructors_reach_every_member_of_their_groups_only():
                                                           ("p2", "ines")}
     assert hubsync.desired_access([a], {}) == set()
     assert hubsync.q("a/b c") == "a%2Fb%20c"
+
+
+def test_a_course_created_at_run_time_is_checked_for_the_hubs_mode():
+    """content.path is refused on Kubernetes at config check; a course made through the API is held to the
+    same rule (the check sees hub.mode), and accepted on the embedded hub."""
+    import copy
+
+    from esker.core import config
+    from esker.resources import SHIPPED_CONFIG
+
+    course = {"name": "local", "group": "g", "content": {"path": "courses/intro-ml"}}
+    embedded = config.load(SHIPPED_CONFIG).data
+    assert handlers.validate_course(embedded, copy.deepcopy(course))["name"] == "local"
+    kubernetes = {**embedded, "hub": {**embedded["hub"], "mode": "kubernetes"}}
+    with pytest.raises(web.HTTPError) as e:
+        handlers.validate_course(kubernetes, copy.deepcopy(course))
+    assert e.value.status_code == 400 and "content.path" in e.value.log_message
