@@ -46,12 +46,14 @@ def sample(name: str, labels: dict | None = None, registry=REGISTRY) -> float:
 # ------------------------------------------------------------------------------------------- unit
 def test_spawn_functions_count_and_time():
     before = sample("esker_spawn_duration_seconds_count", {"profile": "minimal", "outcome": "success"})
+    bucket = {"profile": "minimal", "outcome": "success", "le": "5.0"}
+    in_bucket = sample("esker_spawn_duration_seconds_bucket", bucket)
     fail_before = sample("esker_spawn_failures_total", {"profile": "minimal", "reason": "timeout"})
     t0 = metrics.spawn_started("minimal")
     assert sample("esker_spawns_in_progress", {"profile": "minimal"}) >= 1
     metrics.spawn_finished("minimal", "success", 4.2)
     assert sample("esker_spawn_duration_seconds_count", {"profile": "minimal", "outcome": "success"}) == before + 1
-    assert sample("esker_spawn_duration_seconds_bucket", {"profile": "minimal", "outcome": "success", "le": "5.0"}) >= 1
+    assert sample("esker_spawn_duration_seconds_bucket", bucket) == in_bucket + 1  # 4.2 s: in the 5 s bucket
     metrics.spawn_started("minimal")
     metrics.spawn_finished("minimal", "failure", 300, "timeout")
     assert sample("esker_spawn_failures_total", {"profile": "minimal", "reason": "timeout"}) == fail_before + 1
