@@ -12,13 +12,71 @@ import fcntl
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
 READY = ".esker-ready"
-RECIPE = b"2"  # bump when the way environments are built changes, so existing ones are rebuilt
+RECIPE = b"3"  # bump when the way environments are built changes, so existing ones are rebuilt
+
+# The environments are shared and read-only for their users; `pip install` and a notebook's `%pip install` go to
+# the user's own site for that environment instead. The venv is made with --system-site-packages (so that site
+# enables the user site and pip allows --user); a .pth file runs USER_SITE (as _esker_user_site) while site adds
+# the environment's own site-packages, before the user site and the system's: it names the user's site for this
+# environment and keeps the system interpreter's packages off sys.path (an environment holds its lock file only).
+USER_SITE = '''"""Esker (esker.system.envs): this environment is shared and read-only for its users, so their own packages go
+to a site of their own for it, $HOME/.local/esker/<environment>: `pip install` (and `%pip install` in a notebook)
+installs there, and what it installs is importable at once, after the environment's own packages (which win).
+See docs/embedded.md, "Installing packages". Run by _esker_user_site.pth while site adds this environment."""
+
+import os
+import site
+import sys
+
+ENVIRONMENT = {name!r}
+
+
+def _setup():
+    env_site = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    # The system interpreter's packages, which site adds after this environment's: skipped (once each).
+    pending = {{os.path.realpath(p) for p in site.getsitepackages([sys.base_prefix, sys.base_exec_prefix])
+                if os.path.isdir(p)}} - {{env_site}}
+    original = site.addsitedir
+
+    def addsitedir(sitedir, known_paths=None):
+        real = os.path.realpath(sitedir)
+        if real in pending:
+            pending.discard(real)
+            if not pending:
+                site.addsitedir = original
+            return known_paths
+        return original(sitedir, known_paths)
+
+    if pending:
+        site.addsitedir = addsitedir
+    if sys.flags.no_user_site or site.ENABLE_USER_SITE is False or not site.check_enableusersite():
+        return
+    if "PYTHONUSERBASE" not in os.environ or os.environ.get("ESKER_USER_SITE_OF", ENVIRONMENT) != ENVIRONMENT:
+        os.environ["PYTHONUSERBASE"] = os.path.join(os.path.expanduser("~"), ".local", "esker", ENVIRONMENT)
+        os.environ["ESKER_USER_SITE_OF"] = ENVIRONMENT  # what starts from here (kernels, pip) inherits both
+    site.USER_BASE = site.USER_SITE = None  # site computes them again, from PYTHONUSERBASE
+    user_site = site.getusersitepackages()
+    if not os.path.isdir(user_site) and os.geteuid() != 0:
+        try:  # made now, so that site puts it on sys.path and what pip puts there is importable at once
+            os.makedirs(user_site, exist_ok=True)
+        except OSError:
+            pass
+    bin_dir = os.path.join(site.USER_BASE, "bin")
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(p for p in (os.environ.get("PATH", ""), bin_dir) if p)
+    if not os.access(env_site, os.W_OK):
+        os.environ.setdefault("PIP_USER", "1")
+
+
+_setup()
+'''
 
 
 def uv_bin() -> str:
@@ -126,7 +184,7 @@ class EnvironmentBuilder:
             lock = self.images_dir / env.name / "requirements.lock"
             steps = [
                 (f"Creating the {env.name} environment", [uv, "venv", "--python", self.python, "--seed",
-                                                          str(env.path)]),
+                                                          "--system-site-packages", str(env.path)]),
                 (f"Installing {env.name} packages from {lock.name}",
                  # Bytecode now, as root: servers run as users who cannot write __pycache__ here.
                  [uv, "pip", "install", "--python", env.python, "--compile-bytecode", "-r", str(lock)]),
@@ -151,11 +209,27 @@ class EnvironmentBuilder:
                 if await proc.wait() != 0:
                     shutil.rmtree(env.path, ignore_errors=True)
                     raise RuntimeError(f"{title} failed:\n" + "\n".join(tail))
+            write_user_site(env)
             os.chmod(env.path, 0o755)
             (env.path / READY).write_text(self.key(env.name) + "\n")
             yield f"The {env.name} environment is ready"
         finally:
             lockfile.close()
+
+
+def write_user_site(env: Environment) -> Path:
+    """The environment's _esker_user_site module and the .pth that runs it (USER_SITE)."""
+    found = sorted(env.path.glob("lib/python3*/site-packages"))
+    if not found:
+        raise RuntimeError(f"no site-packages in {env.path}")
+    module = found[0] / "_esker_user_site.py"
+    module.write_text(USER_SITE.format(name=env.name))
+    (found[0] / "_esker_user_site.pth").write_text("import _esker_user_site\n")
+    for f in (module, found[0] / "_esker_user_site.pth"):
+        os.chmod(f, 0o644)
+    # Bytecode now, as for the packages: its users cannot write __pycache__ here.
+    subprocess.run([env.python, "-m", "py_compile", str(module)], check=True, capture_output=True, timeout=60)
+    return module
 
 
 async def build_all(builder: EnvironmentBuilder, names: list[str], echo=print) -> None:
