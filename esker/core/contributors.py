@@ -45,13 +45,44 @@ def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
             {
                 "spark.hadoop.fs.s3a.endpoint": storage["endpoint"],
                 "spark.hadoop.fs.s3a.path.style.access": "true",
-                "spark.hadoop.fs.s3a.access.key": storage["access_key"],
-                "spark.hadoop.fs.s3a.secret.key": storage["secret_key"],
                 "spark.hadoop.fs.s3a.connection.ssl.enabled": str(storage["endpoint"].startswith("https")).lower(),
             }
         )
     conf.update(s.extra_conf)
     return conf
+
+
+# Where a server's private Spark defaults live: in its scratch (0700, the user's), never on a command line.
+def spark_conf_dir(placement: "Placement") -> str:
+    return f"{placement.scratch_dir}/spark/conf"
+
+
+def spark_secret_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    """The Spark settings that are secrets (the S3A keys). They reach the driver through
+    ``$SPARK_CONF_DIR/spark-defaults.conf``, a 0600 file of the user's, and the executors from the driver over
+    Spark's RPC: never through ``PYSPARK_SUBMIT_ARGS``, which pyspark turns into spark-submit's argv (readable
+    by every account in ``/proc/<pid>/cmdline``)."""
+    storage = placement.grants.get("storage")
+    if not (storage and sel.profile.spark and site.spark):
+        return {}
+    return {
+        "spark.hadoop.fs.s3a.access.key": storage["access_key"],
+        "spark.hadoop.fs.s3a.secret.key": storage["secret_key"],
+    }
+
+
+def private_files(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    """Files the backend writes for the user before start (mode 0600, the user's): path -> content."""
+    secret = spark_secret_conf(sel, placement, site)
+    if not secret:
+        return {}
+    # spark-defaults.conf: "key value" lines; Spark's properties loader reads backslash escapes.
+    text = "".join(f"{k} {_properties_escape(v)}\n" for k, v in secret.items())
+    return {f"{spark_conf_dir(placement)}/spark-defaults.conf": text}
+
+
+def _properties_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def profile_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
@@ -87,12 +118,15 @@ def spark_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[st
     for k, v in conf.items():
         if k != "spark.master":
             args += ["--conf", f"{k}={v}"]
-    return {
+    env = {
         "SPARK_MASTER": conf["spark.master"],
         "PYSPARK_PYTHON": placement.python,
         # pyspark reads this when it launches the JVM: every session gets the defaults with no code.
         "PYSPARK_SUBMIT_ARGS": shlex.join(args + ["pyspark-shell"]),
     }
+    if spark_secret_conf(sel, placement, site):
+        env["SPARK_CONF_DIR"] = spark_conf_dir(placement)  # the S3A keys: private_files()
+    return env
 
 
 def storage_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from esker.core.catalog import Catalog, Profile, UserInfo
-from esker.core.contributors import Contributor
+from esker.core.contributors import Contributor, private_files
 from esker.core.services import ENVIRONMENT
 from esker.units import parse_size
 
@@ -184,6 +184,9 @@ class LaunchPlan:
     gpu_type: str | None
     gpu_devices: tuple[str, ...]
     env: Mapping[str, str]
+    # Files the backend writes as the user, mode 0600, before start (path -> content): secrets that must not
+    # be on a command line, such as the Spark S3A keys ($SPARK_CONF_DIR/spark-defaults.conf).
+    files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def build_plan(
@@ -216,6 +219,7 @@ def build_plan(
         gpu_type=sel.gpu_type,
         gpu_devices=tuple(placement.gpu_devices),
         env=MappingProxyType(env),
+        files=MappingProxyType(private_files(sel, placement, site)),
     )
 
 

@@ -13,6 +13,8 @@ sees is byte for byte what :func:`esker.core.plan.build_plan` computed.
 from __future__ import annotations
 
 import hashlib
+import posixpath
+import shlex
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -170,6 +172,24 @@ _SCRATCH_VOLUME_SCRIPT = (
 )
 
 
+def _private_files_script(plan: LaunchPlan, mount_path: str, owner: bool) -> tuple[str, list[dict]]:
+    """Shell steps (after ``cd`` into the volume) writing ``plan.files`` 0600, and the env they read them from:
+    the content travels in the init container's environment like the notebook's own, never in its argv."""
+    steps, env = [], []
+    root = mount_path.rstrip("/") or "/"
+    for i, (path, text) in enumerate(sorted(plan.files.items())):
+        rel = posixpath.relpath(path, root)
+        if rel.startswith(".."):
+            raise ValueError(f"{path} is not under the scratch mount {root}")
+        folder, var = posixpath.dirname(rel) or ".", f"ESKER_PRIVATE_FILE_{i}"
+        q, qd = shlex.quote(rel), shlex.quote(folder)
+        steps.append(f"mkdir -p {qd}; chmod 0700 {qd}; rm -f {q}; printf %s \"${var}\" > {q}; chmod 0600 {q}")
+        if owner:
+            steps.append(f'chown -h "$2" {qd} {q}')
+        env.append({"name": var, "value": _template_escape(text)})
+    return ("; umask 077; " + "; ".join(steps)) if steps else "", env
+
+
 def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int) -> dict:
     """An init container that makes the scratch volume the notebook user's (``uid``/``gid``, the pod's) before
     the notebook starts: ``tmp/`` (``TMPDIR``) and ``spark/`` (``spark.local.dir``) exist, mode 0700.
@@ -195,7 +215,9 @@ def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, g
         script, args = _SCRATCH_HOSTPATH_SCRIPT, [k["mount_path"], f"{uid}:{gid}"]
         security = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
                     "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER"]}}
-    return {
+    files, env = _private_files_script(plan, k["mount_path"], owner=not k["storage_class"])
+    script += files
+    container = {
         "name": SCRATCH_VOLUME,
         "image": plan.image,  # already on the node (the pre-puller), and it has a shell
         "imagePullPolicy": "IfNotPresent",
@@ -204,6 +226,9 @@ def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, g
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
         "volumeMounts": [mount],
     }
+    if env:
+        container["env"] = env
+    return container
 
 
 def ephemeral_pvcs(pod: Mapping[str, Any]) -> list[dict]:

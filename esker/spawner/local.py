@@ -86,6 +86,9 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
                                        home=acct.home, gpu_devices=(), python=env.python)
         placement = await self.esker_prepare_services(sel, placement)
         self.plan = build_plan(sel, placement, rt.site)
+        uid, gid = self.esker_ids
+        for path, text in self.plan.files.items():  # secrets for the user alone: 0600 files, never argv
+            await asyncio.to_thread(scratch.write_private, placement.scratch_dir, path, text, uid, gid)
         if not self.developer_mode:
             limiter = rt.extra.setdefault("limiter", Limiter())
             self.cgroup = await asyncio.to_thread(limiter.create, self.owner_key, self.plan.cpu_limit,

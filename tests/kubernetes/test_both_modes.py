@@ -28,7 +28,7 @@ from esker.spawner.embedded import account_name, embedded_placement, embedded_si
 
 HUB_OWNED = re.compile(r"^(JUPYTERHUB_|JPY_|JUPYTER_IMAGE|CPU_|MEM_)")
 # Variables that name a place; checked against each mode's placement instead of against each other.
-PLACED = {"SCRATCH_DIR", "TMPDIR", "ESKER_COURSE_DIR", "SPARK_MASTER", "PYSPARK_SUBMIT_ARGS"}
+PLACED = {"SCRATCH_DIR", "TMPDIR", "ESKER_COURSE_DIR", "SPARK_MASTER", "PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR"}
 # Spark settings that say how this mode reaches its cluster (all else must agree). The driver's web UI is off
 # in embedded mode: it would listen on the shared machine's loopback, open to every user; a pod has its own.
 SPARK_PLACED = re.compile(r"^spark\.(driver\.(host|bindAddress|port|blockManager\.port)|local\.dir|kubernetes\..*"
@@ -79,7 +79,8 @@ def embedded_env(cfg, sel, grants):
     account = account_name(cfg, sel.user.name)
     home = f"{cfg['users']['home_root']}/{account}"
     placement = embedded_placement(sel, cfg, STATE_DIR, account=account, home=home)
-    return placement, dict(build_plan(sel, with_grants(placement, **grants), embedded_site(cfg.data)).env)
+    plan = build_plan(sel, with_grants(placement, **grants), embedded_site(cfg.data))
+    return placement, dict(plan.env), dict(plan.files)
 
 
 def kubernetes_env(config_file, user, groups, opts, grants):
@@ -87,7 +88,7 @@ def kubernetes_env(config_file, user, groups, opts, grants):
         sp = cli_preview.make_spawner(user, groups, False, config_file, opts)
         sp._esker_grants = grants  # what esker_prepare sets from the same services' grants
         pod = (await sp.esker_manifests())[0]
-        return sp, {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        return sp, {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}, pod
 
     return asyncio.run(run())
 
@@ -105,8 +106,8 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
             sel = select(catalog, who, opts)
         except Exception:  # a profile this user's groups do not offer: refused alike (tests/kubernetes/test_spawner.py)
             continue
-        placement, emb = embedded_env(cfg, sel, grants)
-        sp, pod = kubernetes_env(config_file, user, groups, opts, grants)
+        placement, emb, emb_files = embedded_env(cfg, sel, grants)
+        sp, pod, manifest = kubernetes_env(config_file, user, groups, opts, grants)
         k8s = {k: v for k, v in pod.items() if not HUB_OWNED.match(k)}
         assert set(emb) == set(k8s), opts
         assert {k: v for k, v in emb.items() if k not in PLACED} == \
@@ -125,7 +126,27 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
             assert e["spark.local.dir"].startswith(placement.scratch_dir)
             assert {a: b for a, b in e.items() if not SPARK_PLACED.match(a)} == \
                    {a: b for a, b in k.items() if not SPARK_PLACED.match(a)}, opts
-            assert e["spark.hadoop.fs.s3a.secret.key"] == STORAGE["secret_key"]
+            # The S3A keys are never on a command line (PYSPARK_SUBMIT_ARGS becomes spark-submit's argv): they
+            # are in $SPARK_CONF_DIR/spark-defaults.conf, a 0600 file in the user's scratch, the same in both modes.
+            for env in (emb, k8s):
+                assert STORAGE["secret_key"] not in env["PYSPARK_SUBMIT_ARGS"], opts
+                assert STORAGE["access_key"] not in env["PYSPARK_SUBMIT_ARGS"], opts
+                assert not any(a.startswith("spark.hadoop.fs.s3a.") and a.endswith(".key") for a in spark_conf(
+                    env["PYSPARK_SUBMIT_ARGS"]))
+            assert emb["SPARK_CONF_DIR"] == f"{placement.scratch_dir}/spark/conf"
+            assert k8s["SPARK_CONF_DIR"] == f"{sp.esker_launch_plan.scratch_dir}/spark/conf"
+            k_files = dict(sp.esker_launch_plan.files)
+            assert list(emb_files) == [f"{emb['SPARK_CONF_DIR']}/spark-defaults.conf"]
+            assert list(k_files) == [f"{k8s['SPARK_CONF_DIR']}/spark-defaults.conf"]
+            assert list(emb_files.values()) == list(k_files.values()) == [
+                f"spark.hadoop.fs.s3a.access.key {STORAGE['access_key']}\n"
+                f"spark.hadoop.fs.s3a.secret.key {STORAGE['secret_key']}\n"]
+            # The pod writes it from its init container's environment, never from its arguments.
+            init = next(c for c in manifest["spec"]["initContainers"] if c["name"] == "esker-scratch")
+            assert STORAGE["secret_key"] not in " ".join(init["command"] + init.get("args", []))
+            assert [v["value"] for v in init["env"]] == list(k_files.values())
+        else:
+            assert not emb_files and "SPARK_CONF_DIR" not in emb
         seen += 1
     assert seen == (6 if user == "alice" else 4)  # alice: every choice (gpu-users); bob: no GPU profile
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -238,8 +239,33 @@ def test_session_conf_without_submit_args_fills_in(monkeypatch, tmp_path):
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://rgw.example.org"
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
-    assert conf["spark.hadoop.fs.s3a.access.key"] == "AKIDALICE"
+    # Never the keys: pyspark would put them on spark-submit's command line (see secret_conf).
+    assert not any(k.endswith((".access.key", ".secret.key")) for k in conf)
+    assert ec.spark.secret_conf() == {"spark.hadoop.fs.s3a.access.key": "AKIDALICE",
+                                      "spark.hadoop.fs.s3a.secret.key": SECRET}
     assert "spark.app.name" not in conf
+
+
+def test_secret_conf_defers_to_the_private_defaults_file(monkeypatch, tmp_path):
+    storage(monkeypatch)
+    (tmp_path / "spark-defaults.conf").write_text(
+        f"spark.hadoop.fs.s3a.access.key AKIDALICE\nspark.hadoop.fs.s3a.secret.key {SECRET}\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    assert ec.spark.secret_conf() == {}
+    monkeypatch.delenv("SPARK_CONF_DIR")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert ec.spark.secret_conf() == {}
+
+
+def test_private_conf_dir_is_owner_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    d = ec.spark._private_conf_dir({"spark.hadoop.fs.s3a.secret.key": SECRET})
+    f = os.path.join(d, "spark-defaults.conf")
+    assert os.stat(d).st_mode & 0o777 == 0o700 and os.stat(f).st_mode & 0o777 == 0o600
+    assert open(f).read() == f"spark.hadoop.fs.s3a.secret.key {SECRET}\n"
 
 
 def test_session_conf_master_from_submit_args_only(monkeypatch):

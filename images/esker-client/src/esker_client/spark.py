@@ -9,7 +9,9 @@ configured for this server.
 
 from __future__ import annotations
 
+import os
 import shlex
+import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ._env import environ, optional_import, require
@@ -76,8 +78,8 @@ def session_conf(
             out[key] = value
 
     if e.get("AWS_ACCESS_KEY_ID") and e.get("AWS_SECRET_ACCESS_KEY"):
-        default("spark.hadoop.fs.s3a.access.key", e["AWS_ACCESS_KEY_ID"])
-        default("spark.hadoop.fs.s3a.secret.key", e["AWS_SECRET_ACCESS_KEY"])
+        # The keys themselves never go here: pyspark passes these settings to spark-submit as arguments,
+        # which every account on the machine can read. See secret_conf().
         endpoint = endpoint_url(env)
         if endpoint:
             default("spark.hadoop.fs.s3a.endpoint", endpoint)
@@ -94,6 +96,53 @@ def session_conf(
     return out
 
 
+SECRET_KEYS = ("spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key")
+
+
+def _read_defaults(path: str) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    k, _, v = line.replace("\t", " ").partition(" ")
+                    out[k] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
+def secret_conf(env: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The S3A keys from the AWS_* variables that ``$SPARK_CONF_DIR/spark-defaults.conf`` does not already
+    carry (Esker writes that file, mode 0600, for a server with storage): these must reach Spark through a
+    private file, never through arguments."""
+    e = environ(env)
+    if not (e.get("AWS_ACCESS_KEY_ID") and e.get("AWS_SECRET_ACCESS_KEY")):
+        return {}
+    have = _read_defaults(os.path.join(e["SPARK_CONF_DIR"], "spark-defaults.conf")) if e.get("SPARK_CONF_DIR") else {}
+    want = dict(zip(SECRET_KEYS, (e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"])))
+    return {k: v for k, v in want.items() if k not in have}
+
+
+def _private_conf_dir(extra: Mapping[str, str]) -> str:
+    """A new 0700 folder with a 0600 spark-defaults.conf: the current defaults plus ``extra``."""
+    d = tempfile.mkdtemp(prefix="esker-spark-conf-")
+    current = os.environ.get("SPARK_CONF_DIR")
+    lines = []
+    if current:
+        try:
+            with open(os.path.join(current, "spark-defaults.conf"), encoding="utf-8") as f:
+                lines.append(f.read().rstrip("\n"))
+        except OSError:
+            pass
+    lines += [f"{k} {v}" for k, v in extra.items()]
+    fd = os.open(os.path.join(d, "spark-defaults.conf"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return d
+
+
 def spark_session(app_name: Optional[str] = None, **conf: Any):
     """A ``pyspark.sql.SparkSession`` on this server's Spark (``SPARK_MASTER``), created or reused.
 
@@ -106,6 +155,9 @@ def spark_session(app_name: Optional[str] = None, **conf: Any):
     optional_import("pyspark", "pyspark", "esker_client.spark_session()")
     from pyspark.sql import SparkSession
 
+    secrets = secret_conf()
+    if secrets:  # read by spark-submit when pyspark starts the JVM (no JVM yet: otherwise already configured)
+        os.environ["SPARK_CONF_DIR"] = _private_conf_dir(secrets)
     builder = SparkSession.builder
     for k, v in settings.items():
         builder = builder.config(k, v)
