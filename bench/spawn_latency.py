@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 import requests  # noqa: E402
 
+from esker.app import shutdown  # noqa: E402
 from esker.devhub import ENVS_DIR, RunningHub, free_port, prepare_environments  # noqa: E402
 from esker.hubapi import Hub, run_code  # noqa: E402
 
@@ -40,12 +41,15 @@ class PlainHub:
         self.dir = tempfile.mkdtemp(prefix="plain-hub-", dir="/tmp")
         self.port = free_port()
         self.token = secrets.token_hex(16)
+        self.hub_port, self.proxy_api_port = free_port(), free_port()
         chp = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
         Path(self.dir, "jupyterhub_config.py").write_text(textwrap.dedent(f"""
             c.JupyterHub.ip = "127.0.0.1"
             c.JupyterHub.port = {self.port}
-            c.JupyterHub.hub_port = {free_port()}
-            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
+            c.JupyterHub.hub_port = {self.hub_port}
+            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+            c.JupyterHub.pid_file = "{self.dir}/jupyterhub.pid"  # so the teardown finds what it started
+            c.ConfigurableHTTPProxy.pid_file = "{self.dir}/proxy.pid"
             c.ConfigurableHTTPProxy.command = ["{chp}"]
             c.JupyterHub.authenticator_class = "dummy"
             c.Authenticator.allow_all = True
@@ -83,7 +87,15 @@ class PlainHub:
     def stop(self):
         if self.proc:
             self.proc.send_signal(signal.SIGTERM)  # cleanup_servers defaults to True upstream
-            self.proc.wait(120)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Whatever it left (servers, proxy), found from its state dir and stopped for certain.
+        out = shutdown.stop(self.dir, everything=True, hub_port=self.hub_port, proxy_api_port=self.proxy_api_port)
+        for line in out.left:
+            print(f"  plain hub left: {line}", flush=True)
 
 
 def burst(hub: Hub, users: list[str], options: dict | None) -> list[float | None]:
@@ -154,8 +166,10 @@ def main() -> int:
             h.stop("spark-bench")
             print(f"spark: server ready {t_ready:.1f}s, first Spark result {t_first:.1f}s after the spawn request")
     finally:
-        plain.stop()
-        esker.teardown()
+        try:
+            plain.stop()
+        finally:
+            esker.teardown()
 
     summary = []
     for level in levels:
