@@ -87,6 +87,15 @@ def git_cache_dir(state_dir: str, url: str, ref: str) -> Path:
     return Path(state_dir) / "courses" / "git" / key
 
 
+def _redact(url: str) -> str:
+    """``url`` without a password or token in it (https://user:TOKEN@host/... -> https://user:***@host/...)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, host = rest.partition("@")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def fetch_git(url: str, ref: str, cache: Path, timeout: float = GIT_TIMEOUT) -> Path:
     """Clone or update ``url`` at ``ref`` into ``cache`` (hub side). The new checkout is built beside the old
     one and swapped in, so an unreachable remote leaves the previous checkout (or nothing) and raises."""
@@ -94,22 +103,25 @@ def fetch_git(url: str, ref: str, cache: Path, timeout: float = GIT_TIMEOUT) -> 
     for d in (cache.parent.parent, cache.parent):
         os.chmod(d, 0o711)
     work = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}-"))
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false"}
+    # The URL (which may carry a token) reaches git through its environment, never its argv.
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false",
+           "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "remote.origin.url", "GIT_CONFIG_VALUE_0": url}
+    shown = _redact(url)
 
     def git(*args: str, cwd: Path = work) -> str:
         try:
             r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise CourseError(f"git {args[0]} of {url} timed out after {timeout:.0f}s") from None
+            raise CourseError(f"git {args[0]} of {shown} timed out after {timeout:.0f}s") from None
         if r.returncode != 0:
-            msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
-            raise CourseError(f"cannot fetch {url} ({ref}): {msg}")
+            msg = (r.stderr.strip().splitlines() or ["failed"])[-1].replace(url, shown)
+            raise CourseError(f"cannot fetch {shown} ({ref}): {msg}")
         return r.stdout.strip()
 
     try:
         git("init", "-q", ".")
         # "--": a URL or ref that looks like an option (--upload-pack=...) is a name, never an option
-        git("fetch", "-q", "--depth", "1", "--", url, ref)
+        git("fetch", "-q", "--depth", "1", "--", "origin", ref)
         git("-c", "advice.detachedHead=false", "checkout", "-q", "FETCH_HEAD")
         rev = git("rev-parse", "HEAD")
         shutil.rmtree(work / ".git")
