@@ -75,7 +75,10 @@ class RunningHub:
         self.cfg["users"]["system_user_prefix"] = self.prefix
         self.cfg["users"]["home_root"] = self.home_root
         self.config_file = os.path.join(self.state_dir, "esker.yaml")
-        Path(self.config_file).write_text(yaml.safe_dump(self.cfg))
+        # The config may carry the RGW admin keys: root's alone, like the rest of the state dir.
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(yaml.safe_dump(self.cfg))
         self.token = secrets.token_hex(16)
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(self.state_dir, "hub.log")

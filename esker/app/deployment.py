@@ -63,8 +63,25 @@ def proxy_command() -> list[str]:
     raise FileNotFoundError("configurable-http-proxy not found: run `make install` (npm install)")
 
 
-def deployment(cfg: config_mod.EskerConfig, state_dir: str, config_file: str, spark_home: str = "") -> Deployment:
+# Files of the hub's that JupyterHub and the proxy create with the process's umask: made (or tightened) 0600
+# first, so no other account opens them. SQLite gives its journal the mode of the database file.
+HUB_PRIVATE_FILES = ("jupyterhub.sqlite", "jupyterhub.sqlite-journal", "proxy.pid", "jupyterhub_cookie_secret")
+
+
+def private_state(state_dir: str) -> None:
+    """The state directory is root's: others may pass through it (0711) to what is theirs, never list it,
+    and the hub's own files in it are 0600."""
     os.makedirs(state_dir, exist_ok=True)
+    os.chmod(state_dir, os.stat(state_dir).st_mode & 0o755 & ~0o044)
+    for name in HUB_PRIVATE_FILES:
+        path = os.path.join(state_dir, name)
+        if name == "jupyterhub.sqlite" or os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+            os.chmod(path, 0o600)
+
+
+def deployment(cfg: config_mod.EskerConfig, state_dir: str, config_file: str, spark_home: str = "") -> Deployment:
+    private_state(state_dir)
     hub = cfg["hub"]
     port = int(os.environ.get("ESKER_PORT") or hub["port"])
     os.environ["CONFIGPROXY_AUTH_TOKEN"] = secret(state_dir, "proxy_auth_token", 32, env="CONFIGPROXY_AUTH_TOKEN")

@@ -174,7 +174,10 @@ class EnvironmentBuilder:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         # A file lock too: `esker prepare` and a running hub may build at the same moment.
-        lockfile = open(self.root / f".{env.name}.lock", "w")
+        # Root's alone (0600): an account that could open it could hold the lock every build waits on.
+        lock_path = self.root / f".{env.name}.lock"
+        lockfile = open(os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600), "w")
+        os.fchmod(lockfile.fileno(), 0o600)
         try:
             await asyncio.to_thread(fcntl.flock, lockfile, fcntl.LOCK_EX)
             if env.ready():
