@@ -6,7 +6,6 @@ service code and role run in the Kubernetes chart's hub (the shares it keeps are
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import requests
@@ -24,18 +23,6 @@ SVC = "/services/esker-courses/api"
 def svc(h, method, path, token=None, **kw):
     return requests.request(method, f"{h.url}{SVC}{path}", headers={"Authorization": f"token {token or h.token}"},
                             timeout=120, **kw)
-
-
-def login_token(h, name: str) -> str:
-    """A user's own token from a login: it carries what the user may do, shares included (one minted with the
-    admin token could not carry access:servers, which the admin token lacks)."""
-    s = requests.Session()
-    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', s.get(f"{h.url}/hub/login").text).group(1)
-    s.post(f"{h.url}/hub/login", data={"username": name, "password": "x", "_xsrf": xsrf})
-    r = s.post(f"{h.url}/hub/api/users/{name}/tokens", json={"note": "access test"},
-               headers={"X-XSRFToken": s.cookies.get("_xsrf", xsrf)})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +65,7 @@ def test_instructors_reach_run_time_participants_without_a_restart(access_hub):
                                          "participants": ["pat"], "password": "open-sesame",
                                          "profiles": ["minimal"]})
     assert r.status_code == 201, r.text
-    ines, ivo, outsider = (login_token(h, u) for u in ("ines", "ivo", "outsider"))
+    ines, ivo, outsider = (h.hub.login_token(u) for u in ("ines", "ivo", "outsider"))
     assert shared_with(h, "ines", ines) == {"pat"}
     assert shared_with(h, "outsider", outsider) == set()
 
@@ -113,7 +100,7 @@ def test_instructors_reach_run_time_participants_without_a_restart(access_hub):
     assert "pat" not in hub.request("GET", "/groups/lab").json()["users"]
     assert shared_with(h, "ines", ines) == {"outsider"}
     # a token the server has not seen (single-user servers cache what a token may do for a few minutes)
-    assert opens(h, "pat", login_token(h, "ines")) == 403
+    assert opens(h, "pat", h.hub.login_token("ines")) == 403
     assert opens(h, "pia", ivo) == 200  # the other course is untouched
     # and for a participant named in esker.yaml (reached through the share the service made at its start):
     # dropped at run time, out at once (a role naming her would have kept her open until a restart)
@@ -121,7 +108,7 @@ def test_instructors_reach_run_time_participants_without_a_restart(access_hub):
     assert opens(h, "sam", ivo) == 200
     r = svc(h, "PATCH", "/courses/stats", ivo, json={"participants": ["pia"]})
     assert r.status_code == 200, r.text
-    assert opens(h, "sam", login_token(h, "ivo")) == 403
+    assert opens(h, "sam", h.hub.login_token("ivo")) == 403
 
     # ---- an admin drops the instructor: her shares go
     r = svc(h, "PATCH", "/courses/lab", json={"instructors": ["ivo"]})

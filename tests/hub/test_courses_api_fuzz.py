@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -42,17 +41,6 @@ EXAMPLES = int(os.environ.get("ESKER_FUZZ_EXAMPLES", "25"))
 CHECKS = [status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection]
 SYNC = "POST /api/courses/{name}/sync"
-
-
-def login_token(h, name: str) -> str:
-    """A user's own token, from a login (carries everything the user may do, shares included)."""
-    s = requests.Session()
-    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', s.get(f"{h.url}/hub/login").text).group(1)
-    s.post(f"{h.url}/hub/login", data={"username": name, "password": "x", "_xsrf": xsrf})
-    r = s.post(f"{h.url}/hub/api/users/{name}/tokens", json={"note": "fuzz"},
-               headers={"X-XSRFToken": s.cookies.get("_xsrf", xsrf)})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +72,8 @@ def test_the_courses_api_survives_fuzzing(fuzz_hub):
     # all of them (schemathesis leaves out the document it was loaded from, fetched above)
     assert {o.label for o in operations} == described - {"GET /openapi.json"}, [o.label for o in operations]
 
-    tokens = {"user": login_token(h, "fuzz-user"), "instructor": login_token(h, "fuzz-ines"),
-              "admin": login_token(h, "admin")}
+    tokens = {"user": h.hub.login_token("fuzz-user"), "instructor": h.hub.login_token("fuzz-ines"),
+              "admin": h.hub.login_token("admin")}
     adm = {"Authorization": f"token {tokens['admin']}"}
     # a real course (the user takes part, fuzz-ines teaches it) and a reservation of it
     body = {"name": "fuzz", "group": "fuzz", "instructors": ["fuzz-ines"], "participants": ["fuzz-user"],

@@ -37,18 +37,6 @@ def svc(h, method, path, token=None, **kw):
                             timeout=120, **kw)
 
 
-def login_token(h, name: str) -> str:
-    import re
-
-    s = requests.Session()
-    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', s.get(f"{h.url}/hub/login").text).group(1)
-    s.post(f"{h.url}/hub/login", data={"username": name, "password": "x", "_xsrf": xsrf})
-    r = s.post(f"{h.url}/hub/api/users/{name}/tokens", json={"note": "courses test"},
-               headers={"X-XSRFToken": s.cookies.get("_xsrf", xsrf)})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
-
-
 def files_in(h, user, token, folder):
     out = run_code(h.hub.server_url(user), token, f"""
 import os, json
@@ -186,7 +174,7 @@ print('NEW' if os.path.exists(d + '03-new.ipynb') else 'NONEW')
 
     # ---- the instructor reaches participants' servers, and nobody else's (her own token, from her login:
     # one minted by the admin token could not carry access:servers, which the admin token lacks)
-    ines_tok = login_token(h, "ines")
+    ines_tok = h.hub.login_token("ines")
     assert hub.request("GET", "/users/ws01", token=ines_tok).status_code == 200
     assert hub.request("GET", "/users/outsider", token=ines_tok).status_code in (403, 404)
     listed = {u["name"] for u in hub.request("GET", "/users", token=ines_tok).json()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,14 +26,14 @@ HOOK = r"configurable-http-proxy|jupyterhub|esker\.hub|ceph-(mon|osd)|radosgw|de
 
 # A managed service that ignores SIGINT and SIGTERM and has a child that does too: JupyterHub alone would wait
 # 20 s on it and then leave the child running.
-STUBBORN = f"""
+STUBBORN = """
 import sys, types, os
 from esker.app import configurer
 d = types.SimpleNamespace(python=sys.executable, state_dir=os.environ["ESKER_STATE_DIR"])
-stubborn = {{"name": "stubborn", "display": False,
-             "command": ["sh", "-c", "trap '' TERM INT; sleep 600 & sleep 600"]}}
+stubborn = {"name": "stubborn", "display": False,
+             "command": ["sh", "-c", "trap '' TERM INT; sleep 600 & sleep 600"]}
 c.JupyterHub.services = configurer.supervised(
-    {{"JupyterHub": {{"services": [*c.JupyterHub.services, stubborn]}}}}, d)["JupyterHub"]["services"]
+    {"JupyterHub": {"services": [*c.JupyterHub.services, stubborn]}}, d)["JupyterHub"]["services"]
 """
 
 
