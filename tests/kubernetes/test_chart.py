@@ -24,7 +24,7 @@ pytestmark = pytest.mark.kubernetes
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "esker"
-Z2JH = Path(__file__).resolve().parent / "z2jh"  # z2jh 4.4 schema and defaults (BSD, LICENSE beside)
+Z2JH = Path(__file__).resolve().parents[1] / "fixtures" / "z2jh"  # z2jh 4.4 schema and defaults (BSD, LICENSE beside)
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 K8S_VERSIONS = ["1.32.0", kubernetes_validate.latest_version()]
 OFFLINE = {"jupyterhub": {"enabled": False}}  # the dependency is not vendored; z2jh is checked below
