@@ -200,8 +200,9 @@ def _pod_ip(env: Mapping) -> str:
 
 def apply_kubernetes(c, environ: Mapping | None = None) -> None:
     """For z2jh's ``hub.extraConfig`` (the chart sets it): add to the Kubernetes hub what the embedded hub gets
-    from to_traitlets and z2jh does not know: the esker-courses service, its role, the course groups and the
-    instructors' roles. Everything else comes from the chart's values.
+    from to_traitlets and z2jh does not know: Esker's auth (``auth:``; the shared passwords from
+    ``$ESKER_USER_PASSWORD``/``$ESKER_ADMIN_PASSWORD``), the esker-courses service, its role, the course groups
+    and the instructors' roles. Everything else comes from the chart's values.
 
     The service is a JupyterHub-managed process of the hub pod, as in embedded mode, with its state in
     ``$ESKER_STATE_DIR`` (the hub's persistent volume) and the same public path, ``/services/esker-courses/``.
@@ -212,8 +213,15 @@ def apply_kubernetes(c, environ: Mapping | None = None) -> None:
     state_dir = env.get("ESKER_STATE_DIR") or "/srv/jupyterhub/esker"  # z2jh's hub volume
     os.makedirs(state_dir, exist_ok=True)
     cfg = config_mod.load(config_file)  # a broken file (a content.path course, say) stops the hub here
+    auth_type = cfg.data["auth"]["type"]
+    user_password, admin_password = env.get("ESKER_USER_PASSWORD", ""), env.get("ESKER_ADMIN_PASSWORD", "")
+    if auth_type == "shared-password" and not user_password:
+        raise RuntimeError("auth.type shared-password: ESKER_USER_PASSWORD is empty (the chart passes it from the "
+                           "Secret esker-auth); the hub does not start open")
     d = Deployment(state_dir=state_dir, config_file=config_file, port=0, hub_port=0, proxy_api_port=0,
-                   proxy_command=[])
+                   proxy_command=[], user_password=user_password, admin_password=admin_password)
+    # Esker's auth, not z2jh's default dummy authenticator (the chart refuses dummy without an acknowledgement).
+    apply(c, auth_traits(cfg.data, d))
     port = int(env.get("ESKER_COURSES_PORT") or KUBERNETES_COURSES_PORT)
     host = _pod_ip(env)
     hub = c.JupyterHub

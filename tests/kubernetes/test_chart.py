@@ -90,10 +90,10 @@ def test_every_rendered_object_is_valid(values):
     kinds = sorted(d["kind"] for d in docs)
     if values is OFFLINE:
         assert kinds == ["ConfigMap", "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy",
-                         "NetworkPolicy", "PriorityClass", "Service"]
+                         "NetworkPolicy", "PriorityClass", "Secret", "Service"]
     else:
         assert kinds == ["ConfigMap", "ConfigMap", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
-                         "PriorityClass", "Role", "RoleBinding", "ServiceMonitor"]
+                         "PriorityClass", "Role", "RoleBinding", "Secret", "ServiceMonitor"]
 
 
 def test_seat_placeholder_priority_class_is_below_user_pods_and_named_as_the_service_expects():

@@ -24,7 +24,8 @@ def test_extra_config_adds_courses_service_and_roles(tmp_path):
     config_file.write_text(yaml.safe_dump(cfg))
     c = Config()
     c.JupyterHub.services = [{"name": "existing", "api_token": "x" * 32}]
-    env = {"ESKER_CONFIG": str(config_file), "ESKER_STATE_DIR": str(tmp_path / "state")}
+    env = {"ESKER_CONFIG": str(config_file), "ESKER_STATE_DIR": str(tmp_path / "state"),
+           "ESKER_USER_PASSWORD": "u" * 16, "ESKER_ADMIN_PASSWORD": "a" * 40}
     snippet = VALUES["jupyterhub"]["hub"]["extraConfig"]["esker"]
     assert "apply_kubernetes(c)" in snippet
     traits.apply_kubernetes(c, env)
@@ -51,7 +52,8 @@ def _courses_service(tmp_path, monkeypatch, pod_ip="10.244.3.7", port=None, cour
     extra = _extra_env()
     env = {k: v for k, v in extra.items() if isinstance(v, str)}
     env |= {"ESKER_CONFIG": str(config_file), "ESKER_STATE_DIR": str(tmp_path / "state"), "ESKER_HUB_POD_IP": pod_ip,
-            "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+            "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+            "ESKER_USER_PASSWORD": "u" * 16, "ESKER_ADMIN_PASSWORD": "a" * 40}  # from the Secret esker-auth
     if port:
         env["ESKER_COURSES_PORT"] = str(port)
     for k, v in env.items():
@@ -94,7 +96,7 @@ def test_the_chart_runs_the_courses_service_in_the_hub_pod_where_the_proxy_reach
 
 
 def test_the_chart_state_dir_is_on_the_hubs_persistent_volume():
-    z2jh = yaml.safe_load((REPO / "tests" / "kubernetes" / "z2jh" / "values.yaml").read_text())
+    z2jh = yaml.safe_load((REPO / "tests" / "fixtures" / "z2jh" / "values.yaml").read_text())
     hub = {**z2jh["hub"], **VALUES["jupyterhub"]["hub"]}
     assert hub["db"]["type"] == "sqlite-pvc"  # z2jh mounts the hub's PVC at /srv/jupyterhub for this type
     assert _extra_env()["ESKER_STATE_DIR"].startswith("/srv/jupyterhub/")
