@@ -47,6 +47,7 @@ bench: install  ## benchmarks, side by side; results in bench/results/
 	$(PY) bench/storage_throughput.py
 	$(PY) bench/storage_from_server.py
 	$(PY) bench/environments.py
+	$(PY) bench/scale.py
 
 docs: install  ## regenerate docs/configuration.md from the schema and the traitlets help
 	$(PY) -m esker.docs > docs/configuration.md

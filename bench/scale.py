@@ -28,6 +28,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import threading
@@ -298,6 +299,7 @@ def main() -> int:
         try:
             if plain:
                 plain.stop()
+                shutil.rmtree(plain.dir, ignore_errors=True)
         finally:
             esker.teardown()
             shared.close()
