@@ -12,6 +12,7 @@ sees is byte for byte what :func:`esker.core.plan.build_plan` computed.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import posixpath
 import shlex
@@ -70,6 +71,11 @@ class Names:
         return _fit(self.pod, 47)
 
     @property
+    def env_secret(self) -> str:
+        # The server's Secret (server_secret): its S3 keys and private files.
+        return _fit(f"{self.pod}-env", 253)
+
+    @property
     def driver_host(self) -> str:
         # Resolves from any pod through the default search path, whatever the cluster domain is.
         return f"{self.driver_service}.{self.namespace}.svc"
@@ -88,15 +94,53 @@ def _k8s_escape(value: str) -> str:
     return value.replace("$(", "$$(")
 
 
-def container_env(plan: LaunchPlan) -> list[dict[str, str]]:
-    """``plan.env``, sorted by name, as V1EnvVar-shaped dicts."""
-    return [{"name": k, "value": _k8s_escape(plan.env[k])} for k in sorted(plan.env)]
+# The plan's variables that are secrets: on Kubernetes they live in the server's Secret (server_secret) and the
+# pod names them by secretKeyRef, never by value (a pod spec is readable by whoever may get pods).
+SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+PRIVATE_FILE_ENV = "ESKER_PRIVATE_FILE_"  # + index: plan.files for the scratch init container
 
 
-def kubespawner_environment(plan: LaunchPlan) -> dict[str, str]:
+def secret_ref(names: "Names", key: str) -> dict:
+    return {"valueFrom": {"secretKeyRef": {"name": names.env_secret, "key": key}}}
+
+
+def server_secret_data(plan: LaunchPlan) -> dict[str, str]:
+    """What the server's Secret holds: the secret variables of ``plan.env`` and the content of ``plan.files``
+    (``ESKER_PRIVATE_FILE_<i>``, in sorted path order), as plain strings."""
+    data = {k: plan.env[k] for k in sorted(SECRET_ENV) if k in plan.env}
+    for i, (_, text) in enumerate(sorted(plan.files.items())):
+        data[f"{PRIVATE_FILE_ENV}{i}"] = text
+    return data
+
+
+def server_secret(plan: LaunchPlan, names: "Names", labels: Mapping[str, str] | None = None) -> dict | None:
+    """The per-server Secret the pod's secret variables refer to (created before the pod, deleted at stop and
+    after a failed start); None when the plan has no secret."""
+    data = server_secret_data(plan)
+    if not data:
+        return None
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": names.env_secret, "namespace": names.namespace,
+                     "labels": {**(labels or {}), **server_labels(names)}},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def container_env(plan: LaunchPlan, names: "Names | None" = None) -> list[dict]:
+    """``plan.env``, sorted by name, as V1EnvVar-shaped dicts. With ``names`` (what the spawner passes), the
+    SECRET_ENV variables are ``valueFrom.secretKeyRef`` of the server's Secret instead of values."""
+    return [{"name": k, **secret_ref(names, k)} if names is not None and k in SECRET_ENV
+            else {"name": k, "value": _k8s_escape(plan.env[k])} for k in sorted(plan.env)]
+
+
+def kubespawner_environment(plan: LaunchPlan, names: "Names | None" = None) -> dict[str, Any]:
     """``plan.env`` for KubeSpawner's ``environment`` trait, which formats values as templates
-    (``{username}``): braces are doubled so the template renders back to the exact value."""
-    return {e["name"]: e["value"].replace("{", "{{").replace("}", "}}") for e in container_env(plan)}
+    (``{username}``): braces are doubled so the template renders back to the exact value. Secret references
+    (with ``names``) are dicts, which KubeSpawner passes as EnvVar specs."""
+    return {e["name"]: e["value"].replace("{", "{{").replace("}", "}}") if "value" in e
+            else {"valueFrom": e["valueFrom"]} for e in container_env(plan, names)}
 
 
 def _cpu(cores: float) -> str:
@@ -172,7 +216,8 @@ _SCRATCH_VOLUME_SCRIPT = (
 )
 
 
-def _private_files_script(plan: LaunchPlan, mount_path: str, owner: bool) -> tuple[str, list[dict]]:
+def _private_files_script(plan: LaunchPlan, mount_path: str, owner: bool,
+                          names: "Names | None" = None) -> tuple[str, list[dict]]:
     """Shell steps (after ``cd`` into the volume) writing ``plan.files`` 0600, and the env they read them from:
     the content travels in the init container's environment like the notebook's own, never in its argv."""
     steps, env = [], []
@@ -181,16 +226,18 @@ def _private_files_script(plan: LaunchPlan, mount_path: str, owner: bool) -> tup
         rel = posixpath.relpath(path, root)
         if rel.startswith(".."):
             raise ValueError(f"{path} is not under the scratch mount {root}")
-        folder, var = posixpath.dirname(rel) or ".", f"ESKER_PRIVATE_FILE_{i}"
+        folder, var = posixpath.dirname(rel) or ".", f"{PRIVATE_FILE_ENV}{i}"
         q, qd = shlex.quote(rel), shlex.quote(folder)
         steps.append(f"mkdir -p {qd}; chmod 0700 {qd}; rm -f {q}; printf %s \"${var}\" > {q}; chmod 0600 {q}")
         if owner:
             steps.append(f'chown -h "$2" {qd} {q}')
-        env.append({"name": var, "value": _template_escape(text)})
+        env.append({"name": var, **secret_ref(names, var)} if names is not None
+                   else {"name": var, "value": _template_escape(text)})
     return ("; umask 077; " + "; ".join(steps)) if steps else "", env
 
 
-def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int) -> dict:
+def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int,
+                           names: "Names | None" = None) -> dict:
     """An init container that makes the scratch volume the notebook user's (``uid``/``gid``, the pod's) before
     the notebook starts: ``tmp/`` (``TMPDIR``) and ``spark/`` (``spark.local.dir``) exist, mode 0700.
 
@@ -215,7 +262,7 @@ def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, g
         script, args = _SCRATCH_HOSTPATH_SCRIPT, [k["mount_path"], f"{uid}:{gid}"]
         security = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
                     "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER"]}}
-    files, env = _private_files_script(plan, k["mount_path"], owner=not k["storage_class"])
+    files, env = _private_files_script(plan, k["mount_path"], owner=not k["storage_class"], names=names)
     script += files
     container = {
         "name": SCRATCH_VOLUME,

@@ -39,6 +39,7 @@ _APPLIED = (
 )
 
 _API = {  # kind -> (client class, create method, delete method)
+    "Secret": ("CoreV1Api", "create_namespaced_secret", "delete_namespaced_secret"),
     "ServiceAccount": ("CoreV1Api", "create_namespaced_service_account", "delete_namespaced_service_account"),
     "Service": ("CoreV1Api", "create_namespaced_service", "delete_namespaced_service"),
     "Role": ("RbacAuthorizationV1Api", "create_namespaced_role", "delete_namespaced_role"),
@@ -90,6 +91,21 @@ class KubeSpark:
             except ApiException as e:
                 if e.status != 404:
                     sp.log.warning("Could not delete %s %s: %s", kind, name, e.reason)
+
+
+class KubeObjectStorage(ObjectStorage):
+    """Object storage on Kubernetes: the user's S3 keys (and the Spark defaults file that carries them) are in a
+    per-server Secret, created with the pod's other objects (esker_objects, before the pod) and named by the
+    pod's secretKeyRef; it goes at stop and after a failed start. Identities and buckets outlive a server."""
+
+    async def release(self, sp) -> None:
+        await super().release(sp)
+        name = sp.esker_names().env_secret
+        try:
+            await shared_client("CoreV1Api").delete_namespaced_secret(name, sp.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                sp.log.warning("Could not delete Secret %s: %s", name, e.reason)
 
 
 class EskerKubeSpawner(EskerSpawner, KubeSpawner):
@@ -173,14 +189,14 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
         volume, mount = ko.scratch_volume(plan, cfg, names)
         uid = self.uid if isinstance(self.uid, int) else 1000
         gid = self.gid if isinstance(self.gid, int) else 100
-        scratch_init = ko.scratch_init_container(plan, cfg, uid, gid)
+        scratch_init = ko.scratch_init_container(plan, cfg, uid, gid, names)
         gpu = ko.gpu_scheduling(plan, cfg)
         extra = {k: v for k, v in ko.resources(plan, cfg)["limits"].items() if k not in ("cpu", "memory")}
 
         self.image = plan.image
         self.cpu_limit = self.cpu_guarantee = plan.cpu_limit
         self.mem_limit = self.mem_guarantee = plan.mem_limit
-        self.environment = {**base["environment"], **ko.kubespawner_environment(plan)}
+        self.environment = {**base["environment"], **ko.kubespawner_environment(plan, names)}
         self.extra_resource_limits = {**base["extra_resource_limits"], **extra}
         self.node_selector = {**base["node_selector"], **gpu["node_selector"]}
         self.tolerations = _with(base["tolerations"], gpu["tolerations"], "esker-gpu")
@@ -201,10 +217,12 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
         self.esker_launch_plan = plan
 
     def esker_objects(self) -> list[dict]:
-        """Objects besides the pod for the loaded plan (driver Service, Spark RBAC), with KubeSpawner's
-        common labels."""
+        """Objects besides the pod for the loaded plan (the server's Secret, driver Service, Spark RBAC), with
+        KubeSpawner's common labels."""
         labels = self._build_common_labels(self._expand_all(self.extra_labels))
-        return ko.spark_objects(self.esker_launch_plan, self.esker_config.data, self.esker_names(), labels)
+        plan, names = self.esker_launch_plan, self.esker_names()
+        secret = ko.server_secret(plan, names, labels)
+        return [*([secret] if secret else []), *ko.spark_objects(plan, self.esker_config.data, names, labels)]
 
     async def esker_manifests(self) -> list[dict]:
         """Everything a start would send to the API, as dicts, without sending it (``esker preview``)."""
@@ -221,7 +239,7 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
 
     # Prepared in this order, released in the reverse one (esker.spawner.services); the pod carries scratch
     # (a volume and its init container) and GPUs (the device plugin's resource).
-    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeSpark(), ObjectStorage())
+    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeSpark(), KubeObjectStorage())
     _esker_grants: Mapping = {}
 
     async def esker_prepare(self, sel: Selection) -> None:
@@ -238,8 +256,12 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
             try:
                 await getattr(shared_client(client), create)(self.namespace, obj)
             except ApiException as e:
-                if e.status != 409:  # left by an earlier start: same name, same content
+                if e.status != 409:  # left by an earlier start: same name
                     raise
+                if obj["kind"] == "Secret":  # its content may differ (new keys): this start's wins. Delete and
+                    api = shared_client(client)  # create: z2jh's hub Role has no update on Secrets
+                    await api.delete_namespaced_secret(obj["metadata"]["name"], self.namespace)
+                    await api.create_namespaced_secret(self.namespace, obj)
         self.plan = self.esker_launch_plan
 
     async def esker_release(self) -> None:

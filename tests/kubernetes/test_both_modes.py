@@ -10,6 +10,7 @@ mounted, how the Spark driver is reached), and each must be what that mode's pla
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import re
 import shlex
@@ -87,10 +88,25 @@ def kubernetes_env(config_file, user, groups, opts, grants):
     async def run():
         sp = cli_preview.make_spawner(user, groups, False, config_file, opts)
         sp._esker_grants = grants  # what esker_prepare sets from the same services' grants
-        pod = (await sp.esker_manifests())[0]
-        return sp, {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}, pod
+        pod, *others = await sp.esker_manifests()
+        secrets = {o["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in o["data"].items()}
+                   for o in others if o["kind"] == "Secret"}
+        return sp, resolve(pod["spec"]["containers"][0]["env"], secrets), pod | {"secrets": secrets}
 
     return asyncio.run(run())
+
+
+def resolve(env, secrets):
+    """A container's env as the kubelet gives it: a secretKeyRef reads the Secret the spawner creates."""
+    out = {}
+    for e in env:
+        if "value" in e:
+            out[e["name"]] = e["value"]
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            out[e["name"]] = secrets[ref["name"]][ref["key"]]
+    return out
+
 
 
 @pytest.mark.parametrize("user,groups", [("alice", ("gpu-users",)), ("bob", ("intro-ml",))])
@@ -120,6 +136,9 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
         assert emb.get("ESKER_COURSE_ROLE") == k8s.get("ESKER_COURSE_ROLE") == \
             ("instructor" if user == "alice" else None)
         assert emb["AWS_SECRET_ACCESS_KEY"] == k8s["AWS_SECRET_ACCESS_KEY"] == STORAGE["secret_key"]
+        # ... but on Kubernetes from the server's Secret: no key in the pod spec's plain values.
+        plain = yaml.safe_dump({k: v for k, v in manifest.items() if k != "secrets"})
+        assert STORAGE["secret_key"] not in plain and STORAGE["access_key"] not in plain, opts
         if sel.profile.spark:
             e, k = spark_conf(emb["PYSPARK_SUBMIT_ARGS"]), spark_conf(k8s["PYSPARK_SUBMIT_ARGS"])
             assert e["spark.master"] == emb["SPARK_MASTER"] and k["spark.master"] == k8s["SPARK_MASTER"]
@@ -144,7 +163,7 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
             # The pod writes it from its init container's environment, never from its arguments.
             init = next(c for c in manifest["spec"]["initContainers"] if c["name"] == "esker-scratch")
             assert STORAGE["secret_key"] not in " ".join(init["command"] + init.get("args", []))
-            assert [v["value"] for v in init["env"]] == list(k_files.values())
+            assert list(resolve(init["env"], manifest["secrets"]).values()) == list(k_files.values())
         else:
             assert not emb_files and "SPARK_CONF_DIR" not in emb
         seen += 1

@@ -4,6 +4,7 @@ variables the embedded backend injects; a storage outage follows the profile's s
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import pytest
 import yaml
@@ -52,8 +53,12 @@ def spawn_env(config_file, storage, profile="minimal"):
         sp.runtime.storage = storage  # this test's own runtime (its own config file)
         sel = sp.esker_select(sp.user_options)  # the services, as esker_prepare runs them
         sp._esker_grants = (await sp.esker_prepare_services(sel, ko.kubernetes_placement(sel, sp.esker_config))).grants
-        pod = (await sp.esker_manifests())[0]
-        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        pod, *others = await sp.esker_manifests()
+        secrets = {o["metadata"]["name"]: o["data"] for o in others if o["kind"] == "Secret"}
+        env = {}
+        for e in pod["spec"]["containers"][0]["env"]:
+            ref = e.get("valueFrom", {}).get("secretKeyRef")  # the S3 keys: from the server's Secret
+            env[e["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode() if ref else e.get("value")
         return sp, env
 
     return asyncio.run(run())

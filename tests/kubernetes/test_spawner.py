@@ -4,6 +4,7 @@ requests, the golden environment check, and the Spark lifecycle against a fake A
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import re
 from types import MappingProxyType
@@ -73,7 +74,8 @@ def strict(obj):
 
 
 def pod_env(pod):
-    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    """name -> value, or -> the valueFrom of a variable the pod reads from a Secret."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
 
 
 def expected_plan(config_file, opts, user="alice", groups=("gpu-users",), pod="jupyter-alice", slug="alice"):
@@ -149,14 +151,19 @@ def test_env_reaches_the_process_byte_for_byte_even_with_braces_and_references(t
     async def run():
         sp = cli_preview.make_spawner("alice", (), False, config_file, {"profile": "minimal"})
         sp._esker_grants = MappingProxyType(grant)  # what esker_prepare sets from the services' grants
-        return (await sp.esker_manifests())[0]
+        return await sp.esker_manifests()
 
-    env = pod_env(asyncio.run(run()))
+    pod, *others = asyncio.run(run())
+    env = pod_env(pod)
     # Kubernetes expands $(VAR) from the container's env and turns $$ into $; do the same here.
     def k8s_expand(value):
         return re.sub(r"\$\$|\$\((\w+)\)", lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
 
-    assert k8s_expand(env["AWS_SECRET_ACCESS_KEY"]) == secret
+    # The key is in the server's Secret (no expansion applies to a secretKeyRef), not in the pod spec.
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "jupyter-alice-env", "key": "AWS_SECRET_ACCESS_KEY"}}
+    (sec,) = [o for o in others if o["kind"] == "Secret"]
+    assert base64.b64decode(sec["data"]["AWS_SECRET_ACCESS_KEY"]).decode() == secret
+    assert k8s_expand(env["ESKER_PROFILE"]) == "minimal"
     assert env["AWS_ENDPOINT_URL"] == "http://rgw.ceph:80"
 
 
@@ -301,7 +308,8 @@ def test_stop_deletes_executors_then_the_pod_then_the_spark_objects(tmp_path, mo
         return sp.api.calls
 
     assert asyncio.run(run()) == [("delete_collection_namespaced_pod", "hub", "spark-role=executor,esker.io/server=jupyter-alice")]
-    assert order == ["pod", ("delete_namespaced_role_binding", "jupyter-alice-spark"),
+    assert order == ["pod", ("delete_namespaced_secret", "jupyter-alice-env"),  # the S3 keys (KubeObjectStorage)
+                     ("delete_namespaced_role_binding", "jupyter-alice-spark"),
                      ("delete_namespaced_role", "jupyter-alice-spark"),
                      ("delete_namespaced_service_account", "jupyter-alice-spark"),
                      ("delete_namespaced_service", "jupyter-alice-spark")]
@@ -333,3 +341,79 @@ def test_preview_cli(tmp_path, capsys):
             out = capsys.readouterr()
             assert code == 2 and out.out == "" and out.err.strip(), (backend, argv)
     assert main(["preview", "--user", "bob", "--profile", "minimal", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_s3_keys_live_in_a_per_server_secret_created_before_the_pod_and_deleted_at_stop(tmp_path, monkeypatch):
+    config_file = write_config(tmp_path, kubernetes={"namespace": "hub"})
+    key, access = "s3cr3t-Key/value+42", "AKIA-ALICE"
+    grant = {"endpoint": "http://rgw.ceph:80", "access_key": access, "secret_key": key, "bucket": "esker-alice"}
+    calls, created, pods = [], {}, []
+
+    class Recorder:
+        def __getattr__(self, name):
+            async def call(*a, **kw):
+                calls.append(name)
+                if name.startswith("create_namespaced_"):
+                    created[a[1]["kind"]] = a[1]
+            return call
+
+    async def pod_start(self):
+        calls.append("KubeSpawner._start")
+        pods.append(self.api.api_client.sanitize_for_serialization(await self.get_pod_manifest()))
+        return "http://pod:8888"
+
+    async def pod_stop(self, now=False):
+        calls.append("KubeSpawner.stop")
+
+    async def storage_grant(self, sel):
+        return grant
+
+    monkeypatch.setattr(kube, "shared_client", lambda *a, **kw: Recorder())
+    monkeypatch.setattr(KubeSpawner, "_start", pod_start)
+    monkeypatch.setattr(KubeSpawner, "stop", pod_stop)
+    monkeypatch.setattr(kube.EskerKubeSpawner, "esker_storage_grant", storage_grant)
+
+    async def run():
+        sp = cli_preview.make_spawner("alice", ("gpu-users",), False, config_file, {"profile": "spark"})
+        sp.apply_user_options(sp, sp.user_options)
+        await sp.start()
+        await sp.stop()
+        return sp
+
+    sp = asyncio.run(run())
+    assert calls.index("create_namespaced_secret") < calls.index("KubeSpawner._start")
+    assert calls.index("KubeSpawner.stop") < calls.index("delete_namespaced_secret")
+    secret = created["Secret"]
+    strict(secret)
+    assert secret["metadata"]["name"] == "jupyter-alice-env" and secret["metadata"]["namespace"] == "hub"
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["AWS_SECRET_ACCESS_KEY"] == key and data["AWS_ACCESS_KEY_ID"] == access
+    # The Spark defaults file (the S3A keys) the scratch init container writes, from the same Secret.
+    assert "spark.hadoop.fs.s3a.secret.key" in data["ESKER_PRIVATE_FILE_0"] and key in data["ESKER_PRIVATE_FILE_0"]
+    (pod,) = pods
+    strict(pod | {"apiVersion": "v1", "kind": "Pod"})
+    text = yaml.safe_dump(pod)
+    assert key not in text and access not in text  # neither as a value of the notebook's env nor of the init's
+    for c in pod["spec"]["containers"] + pod["spec"]["initContainers"]:
+        for e in c.get("env") or []:
+            if e["name"] in ko.SECRET_ENV or e["name"].startswith(ko.PRIVATE_FILE_ENV):
+                assert e == {"name": e["name"], "valueFrom": {"secretKeyRef": {"name": "jupyter-alice-env",
+                                                                              "key": e["name"]}}}
+    # After a failed start the Secret goes too (the base releases the services).
+    calls.clear()
+
+    async def pod_fails(self):
+        calls.append("KubeSpawner._start")
+        raise RuntimeError("image pull failed")
+
+    monkeypatch.setattr(KubeSpawner, "_start", pod_fails)
+
+    async def failing():
+        sp = cli_preview.make_spawner("alice", ("gpu-users",), False, config_file, {"profile": "spark"})
+        sp.apply_user_options(sp, sp.user_options)
+        with pytest.raises(Exception):
+            await sp.start()
+
+    asyncio.run(failing())
+    assert calls.index("create_namespaced_secret") < calls.index("KubeSpawner._start") < \
+        calls.index("delete_namespaced_secret")
