@@ -33,6 +33,7 @@ CRDS = {"ServiceMonitor"}
 EVERYTHING = {
     **OFFLINE,
     "esker": {
+        "acknowledgeSparkKubernetesMode": True,
         "config": {"kubernetes": {"spark_mode": "kubernetes"},
                    "scratch": {"kubernetes": {"storage_class": "topolvm-nvme"}}},
         "networkPolicy": {"s3": {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "rook-ceph"}},

@@ -77,3 +77,14 @@ def test_the_hub_applies_eskers_auth_over_z2jhs(tmp_path):
     assert c.GenericOAuthenticator.client_id == "esker"
     with pytest.raises(RuntimeError, match="ESKER_USER_PASSWORD"):  # no Secret: the hub does not start open
         _hub_config(tmp_path, {"type": "shared-password"})
+
+
+def test_spark_kubernetes_mode_needs_an_acknowledgement():
+    k8s = {"esker": {"config": {"kubernetes": {"spark_mode": "kubernetes"}}}}
+    with pytest.raises(helm.HelmRenderError, match="acknowledgeSparkKubernetesMode"):
+        render(merge(OFFLINE, k8s))
+    docs = render(merge(OFFLINE, merge(k8s, {"esker": {"acknowledgeSparkKubernetesMode": True}})))
+    assert by(docs, "Role", "esker-hub-spark")
+    # Spark off: nothing to acknowledge; standalone (the default) never needs it.
+    assert render(merge(OFFLINE, merge(k8s, {"esker": {"config": {"spark": {"enabled": False}}}})))
+    assert render(OFFLINE)
