@@ -88,3 +88,37 @@ def test_spark_kubernetes_mode_needs_an_acknowledgement():
     # Spark off: nothing to acknowledge; standalone (the default) never needs it.
     assert render(merge(OFFLINE, merge(k8s, {"esker": {"config": {"spark": {"enabled": False}}}})))
     assert render(OFFLINE)
+
+
+def test_z2jh_singleuser_policy_admits_no_private_peer():
+    """z2jh's own singleuser NetworkPolicy (its chart is not vendored: its inputs, as the chart's values and
+    z2jh's defaults give them, checked against z2jh's schema) opens nothing towards other user pods or the
+    hub's internal ports; what user pods may reach inside the cluster is Esker's esker-singleuser policy
+    (test_chart.py::test_network_policies_keep_user_pods_apart)."""
+    merged = _z2jh(VALUES["jupyterhub"])
+    np = merged["singleuser"]["networkPolicy"]
+    assert np["enabled"] is True
+    rules = np["egressAllowRules"]
+    # privateIPs: every private address on every port (other user pods, the proxy's API, the hub's services);
+    # dnsPortsPrivateIPs: port 53 of every private address (other user pods included); cloudMetadataServer: the
+    # node's credentials.
+    assert rules["privateIPs"] is False and rules["dnsPortsPrivateIPs"] is False and rules["cloudMetadataServer"] is False
+    assert rules["dnsPortsKubeSystemNamespace"] is True  # DNS still resolves (kube-dns)
+    assert np["egress"] == [] and np["ingress"] == [] and np["allowedIngressPorts"] == []
+    assert np["interNamespaceAccessLabels"] == "ignore"  # no pod of another namespace is let in by label
+    # User pods carry the label that admits them to the hub's API (port 8081), nothing that admits them
+    # to other user pods.
+    labels = merged["singleuser"]["extraLabels"]
+    assert labels.get("hub.jupyter.org/network-access-hub") == "true"
+    assert not any(k.startswith("hub.jupyter.org/network-access-") and k != "hub.jupyter.org/network-access-hub"
+                   for k in labels)
+    # The hub's extra ingress (esker-courses, port 10101) admits the proxy only, never user pods.
+    for rule in merged["hub"]["networkPolicy"]["ingress"]:
+        for peer in rule["from"]:
+            assert peer["podSelector"]["matchLabels"].get("component") != "singleuser-server"
+            assert peer["podSelector"]["matchLabels"] != {}
+    # Esker's own policy ORed with it: from user pods, only the hub's 8081 among the hub's ports.
+    (user,) = by(render(), "NetworkPolicy", "esker-singleuser")
+    to_hub = [r for r in user["spec"]["egress"] for p in r["to"]
+              if p.get("podSelector", {}).get("matchLabels", {}).get("component") in ("hub", "proxy")]
+    assert [[p["port"] for p in r["ports"]] for r in to_hub] == [[8081]]
