@@ -100,7 +100,7 @@ SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
 PRIVATE_FILE_ENV = "ESKER_PRIVATE_FILE_"  # + index: plan.files for the scratch init container
 
 
-def secret_ref(names: "Names", key: str) -> dict:
+def secret_ref(names: Names, key: str) -> dict:
     return {"valueFrom": {"secretKeyRef": {"name": names.env_secret, "key": key}}}
 
 
@@ -113,7 +113,7 @@ def server_secret_data(plan: LaunchPlan) -> dict[str, str]:
     return data
 
 
-def server_secret(plan: LaunchPlan, names: "Names", labels: Mapping[str, str] | None = None) -> dict | None:
+def server_secret(plan: LaunchPlan, names: Names, labels: Mapping[str, str] | None = None) -> dict | None:
     """The per-server Secret the pod's secret variables refer to (created before the pod, deleted at stop and
     after a failed start); None when the plan has no secret."""
     data = server_secret_data(plan)
@@ -128,14 +128,14 @@ def server_secret(plan: LaunchPlan, names: "Names", labels: Mapping[str, str] | 
     }
 
 
-def container_env(plan: LaunchPlan, names: "Names | None" = None) -> list[dict]:
+def container_env(plan: LaunchPlan, names: Names | None = None) -> list[dict]:
     """``plan.env``, sorted by name, as V1EnvVar-shaped dicts. With ``names`` (what the spawner passes), the
     SECRET_ENV variables are ``valueFrom.secretKeyRef`` of the server's Secret instead of values."""
     return [{"name": k, **secret_ref(names, k)} if names is not None and k in SECRET_ENV
             else {"name": k, "value": _k8s_escape(plan.env[k])} for k in sorted(plan.env)]
 
 
-def kubespawner_environment(plan: LaunchPlan, names: "Names | None" = None) -> dict[str, Any]:
+def kubespawner_environment(plan: LaunchPlan, names: Names | None = None) -> dict[str, Any]:
     """``plan.env`` for KubeSpawner's ``environment`` trait, which formats values as templates
     (``{username}``): braces are doubled so the template renders back to the exact value. Secret references
     (with ``names``) are dicts, which KubeSpawner passes as EnvVar specs."""
@@ -217,7 +217,7 @@ _SCRATCH_VOLUME_SCRIPT = (
 
 
 def _private_files_script(plan: LaunchPlan, mount_path: str, owner: bool,
-                          names: "Names | None" = None) -> tuple[str, list[dict]]:
+                          names: Names | None = None) -> tuple[str, list[dict]]:
     """Shell steps (after ``cd`` into the volume) writing ``plan.files`` 0600, and the env they read them from:
     the content travels in the init container's environment like the notebook's own, never in its argv."""
     steps, env = [], []
@@ -237,7 +237,7 @@ def _private_files_script(plan: LaunchPlan, mount_path: str, owner: bool,
 
 
 def scratch_init_container(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int,
-                           names: "Names | None" = None) -> dict:
+                           names: Names | None = None) -> dict:
     """An init container that makes the scratch volume the notebook user's (``uid``/``gid``, the pod's) before
     the notebook starts: ``tmp/`` (``TMPDIR``) and ``spark/`` (``spark.local.dir``) exist, mode 0700.
 

@@ -10,10 +10,19 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from test_chart import (
+    EVERYTHING,
+    K8S_VERSIONS,
+    OFFLINE,
+    VALUES,
+    Z2JH,
+    by,
+    merge,
+    render,
+)
 from traitlets.config import Config
 
 from esker.app import configurer as traits
-from test_chart import EVERYTHING, K8S_VERSIONS, OFFLINE, VALUES, Z2JH, by, merge, render
 
 pytestmark = pytest.mark.kubernetes
 
