@@ -188,9 +188,7 @@ class RunningHub:
 
 def prepare_environments(names: list[str]) -> None:
     """Build environments into the shared test cache before hubs start (progress on stdout)."""
-    subprocess.run(
-        [ESKER, "prepare", *names],
-        env={**os.environ, "ESKER_ENVS_DIR": ENVS_DIR, "ESKER_STATE_DIR": tempfile.mkdtemp(prefix="esker-prep-")},
-        check=True,
-    )
+    with tempfile.TemporaryDirectory(prefix="esker-prep-") as state_dir:  # only the shared cache is kept
+        subprocess.run([ESKER, "prepare", *names],
+                       env={**os.environ, "ESKER_ENVS_DIR": ENVS_DIR, "ESKER_STATE_DIR": state_dir}, check=True)
 
