@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import requests
-import yaml
 
 from conftest import needs_root
 from esker import devhub
@@ -28,12 +27,10 @@ def svc(h, method, path, token=None, **kw):
 @pytest.fixture(scope="module")
 def access_hub():
     devhub.prepare_environments(["minimal"])
-    h = devhub.RunningHub()
-    h.cfg = devhub.test_config(h.prefix, h.home_root, spark={"enabled": False}, storage={"enabled": False})
-    h.cfg["courses"] = [{"name": "stats", "group": "stats", "instructors": ["ivo"], "participants": ["sam"],
-                         "profiles": ["minimal"]}]
-    with open(h.config_file, "w") as f:
-        yaml.safe_dump(h.cfg, f)
+    cfg = devhub.test_config("", "", spark={"enabled": False}, storage={"enabled": False},
+                             courses=[{"name": "stats", "group": "stats", "instructors": ["ivo"],
+                                       "participants": ["sam"], "profiles": ["minimal"]}])
+    h = devhub.RunningHub(cfg)  # the hub's own account prefix and homes replace the blanks
     try:
         h.start()
         yield h

@@ -45,13 +45,8 @@ SYNC = "POST /api/courses/{name}/sync"
 
 @pytest.fixture(scope="module")
 def fuzz_hub():
-    h = devhub.RunningHub()
     # Only the service is fuzzed: no Spark, no object storage, no server is started.
-    h.cfg = devhub.test_config(h.prefix, h.home_root, spark={"enabled": False}, storage={"enabled": False})
-    import yaml
-
-    with open(h.config_file, "w") as f:
-        yaml.safe_dump(h.cfg, f)
+    h = devhub.RunningHub(devhub.test_config("", "", spark={"enabled": False}, storage={"enabled": False}))
     try:
         h.start()
         yield h
