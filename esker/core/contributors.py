@@ -21,17 +21,22 @@ if TYPE_CHECKING:  # the plan's types, for annotations only: plan.py imports thi
 Contributor = Callable[["Selection", "Placement", "Site"], Mapping[str, str]]
 
 
+def spark_grant(placement: "Placement") -> "Mapping[str, str]":
+    """The server's own Spark cluster, when its backend started one (``grants["spark"]``): ``master`` (the
+    URL), ``secret`` (``spark.authenticate``'s shared secret) and ``ui_key`` (the web UIs' JWS key)."""
+    return placement.grants.get("spark") or {}
+
+
 def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
     """The spark defaults a session gets, so ``SparkSession.builder.getOrCreate()`` needs no config."""
     s = site.spark
     assert s is not None
+    own = spark_grant(placement)
     conf = {
-        "spark.master": s.master_url,
+        "spark.master": own.get("master") or s.master_url,
         "spark.driver.host": s.driver_host,
         "spark.driver.bindAddress": s.driver_host if site.mode == "embedded" else "0.0.0.0",
         "spark.local.dir": f"{placement.scratch_dir}/spark",
-        "spark.cores.max": str(s.cores_per_user),
-        "spark.executor.cores": str(min(s.cores_per_user, 1) or 1),
         "spark.executor.memory": spark_size(s.executor_memory),
         "spark.driver.memory": spark_size(s.driver_memory),
         "spark.app.name": f"esker-{sel.user.name}",
@@ -39,6 +44,11 @@ def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
         # The per-session UI would listen on a port of its own; in embedded mode keep it on loopback.
         "spark.ui.enabled": "false" if site.mode == "embedded" else "true",
     }
+    if not own:
+        # A cluster shared with others (an external master): the share is the client's default. A server's
+        # own cluster needs none: its worker offers only the user's cores.
+        conf["spark.cores.max"] = str(s.cores_per_user)
+        conf["spark.executor.cores"] = str(min(s.cores_per_user, 1) or 1)
     storage = placement.grants.get("storage")
     if storage:
         conf.update(
@@ -57,18 +67,34 @@ def spark_conf_dir(placement: "Placement") -> str:
     return f"{placement.scratch_dir}/spark/conf"
 
 
+# Spark 4's servlet filter for every web UI of the cluster (master, worker, driver): requests without a
+# token signed with the key get 403, so another account on the same host cannot read executor logs.
+JWS_FILTER = "org.apache.spark.ui.JWSFilter"
+
+
 def spark_secret_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
-    """The Spark settings that are secrets (the S3A keys). They reach the driver through
+    """The Spark settings that are secrets: the S3A keys, and for a server's own cluster its RPC secret and
+    UI key. They reach the driver (and the server's master and worker) through
     ``$SPARK_CONF_DIR/spark-defaults.conf``, a 0600 file of the user's, and the executors from the driver over
-    Spark's RPC: never through ``PYSPARK_SUBMIT_ARGS``, which pyspark turns into spark-submit's argv (readable
-    by every account in ``/proc/<pid>/cmdline``)."""
-    storage = placement.grants.get("storage")
-    if not (storage and sel.profile.spark and site.spark):
+    Spark's authenticated RPC: never through ``PYSPARK_SUBMIT_ARGS``, which pyspark turns into spark-submit's
+    argv (readable by every account in ``/proc/<pid>/cmdline``)."""
+    if not (sel.profile.spark and site.spark):
         return {}
-    return {
-        "spark.hadoop.fs.s3a.access.key": storage["access_key"],
-        "spark.hadoop.fs.s3a.secret.key": storage["secret_key"],
-    }
+    conf: dict[str, str] = {}
+    own = spark_grant(placement)
+    if own.get("secret"):
+        # Spark standalone knows one secret per cluster: each server's cluster has its own, so no other
+        # account can submit to this master, register an executor with this driver or fetch its blocks.
+        conf.update({"spark.authenticate": "true", "spark.authenticate.secret": own["secret"]})
+    if own.get("ui_key"):
+        conf.update({"spark.ui.filters": JWS_FILTER, f"spark.{JWS_FILTER}.param.secretKey": own["ui_key"]})
+    storage = placement.grants.get("storage")
+    if storage:
+        conf.update({
+            "spark.hadoop.fs.s3a.access.key": storage["access_key"],
+            "spark.hadoop.fs.s3a.secret.key": storage["secret_key"],
+        })
+    return conf
 
 
 def private_files(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:

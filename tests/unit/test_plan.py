@@ -258,3 +258,27 @@ def test_ledger_never_double_assigns(tmp_path):
 def test_ledger_no_gpus_message(tmp_path):
     with pytest.raises(NoCapacity, match="this machine has none"):
         Ledger(tmp_path / "l.sqlite").assign("gpu", "a/", 1, [])
+
+
+def test_own_spark_cluster_grant_goes_to_the_private_file_only():
+    """A server's own cluster: its master in the environment, its RPC secret and UI key in the 0600
+    spark-defaults.conf, no client-side share (the worker offers only the user's cores)."""
+    from esker.core.contributors import private_files
+    from esker.core.plan import with_grants
+
+    sel = select(CAT, ALICE, {"profile": "spark"})
+    grant = {"master": "spark://127.0.0.1:40111", "secret": "s3cr3t-rpc", "ui_key": "uikey_abc"}
+    placement = with_grants(Placement(scratch_dir="/scratch/jupyter-alice", python="/env/bin/python"), spark=grant)
+    plan = build_plan(sel, placement, SITE)
+    assert plan.env["SPARK_MASTER"] == "spark://127.0.0.1:40111"
+    assert "spark.cores.max" not in plan.env["PYSPARK_SUBMIT_ARGS"]
+    for value in ("s3cr3t-rpc", "uikey_abc"):
+        assert all(value not in v for v in plan.env.values())
+    [(path, text)] = private_files(sel, placement, SITE).items()
+    assert path == "/scratch/jupyter-alice/spark/conf/spark-defaults.conf"
+    assert "spark.authenticate true\n" in text and "spark.authenticate.secret s3cr3t-rpc\n" in text
+    assert "spark.ui.filters org.apache.spark.ui.JWSFilter\n" in text
+    assert "spark.org.apache.spark.ui.JWSFilter.param.secretKey uikey_abc\n" in text
+    # Without a grant (an external master) the client default share stays.
+    shared = build_plan(sel, Placement(scratch_dir="/s", python="/env/bin/python"), SITE)
+    assert "spark.cores.max=2" in shared.env["PYSPARK_SUBMIT_ARGS"]
