@@ -43,8 +43,6 @@ def test_config(prefix: str, home_root: str, ceph=None, **overrides) -> dict:
     cfg["auth"] = {"type": "dummy"}
     cfg["users"] = {"system_user_prefix": prefix, "home_root": home_root,
                     "groups": {"gpu-users": ["gpu-user"], "instructors": []}}
-    cfg["spark"].update(master_port=free_port(), webui_port=free_port(), worker_webui_port=free_port(),
-                        worker_cores=2, worker_memory="2G")
     cfg["gpus"]["devices"] = ["0", "1"]  # pinned ids: exercises the allocator without a GPU
     if ceph is not None:  # the test session's throwaway Ceph, as an external gateway
         cfg["storage"] = {"enabled": True, "endpoint": ceph.endpoint, "region": ceph.region,

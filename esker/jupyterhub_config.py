@@ -13,7 +13,6 @@ from esker.app import deployment
 from esker import resources
 from esker.core import config as config_mod
 from esker.runtime import default_state_dir, get_runtime
-from esker.spark.cluster import spark_home_of
 from esker.system.envs import build_all
 
 c = get_config()  # noqa: F821 (provided by traitlets when JupyterHub loads this file)
@@ -24,16 +23,15 @@ cfg = config_mod.load(config_file)  # a broken file stops the hub here, naming t
 runtime = get_runtime(config_file, state_dir)
 metrics.install(runtime)  # scrape-time collectors: GPUs (ledger + NVML), servers, Spark
 
-spark_home = ""
 if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"]:
-    # The cluster runs from the Spark profile's own environment, so drivers and cluster always match.
+    # Each Spark server's own cluster runs from the Spark profile's environment: build it before the hub
+    # serves, so the first Spark spawn of a fresh machine does not wait minutes for it.
     spark_env = next((p.environment for p in runtime.catalog.profiles if p.spark), "spark")
     env = runtime.builder.get(spark_env)
     if not env.ready():
         # JupyterHub loads this file inside its event loop: build in a thread with a loop of its own.
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, build_all(runtime.builder, [spark_env])).result()
-    spark_home = spark_home_of(env.python)
 
-d = deployment.deployment(cfg, state_dir, config_file, spark_home)
+d = deployment.deployment(cfg, state_dir, config_file)
 traits.apply(c, traits.supervised(traits.to_traitlets(cfg.data, d), d))  # services: esker.system.supervise

@@ -12,7 +12,7 @@ Two kinds of figures:
   raise: a metrics bug must not fail a spawn.
 * **State read at scrape time** by collectors that ``install()`` registers once per hub process: GPU
   assignments from the allocation ledger (so they are right after a hub restart) joined with NVML
-  utilisation, running servers per profile, and the embedded Spark master's ``/json/`` (fetched in a
+  utilisation, running servers per profile, and the Spark servers' own masters' ``/json/`` (fetched in a
   background thread with a short timeout and cached, so a scrape never waits on Spark).
 
 Label values are bounded: profiles are the catalog's slugs (anything else is reported as ``other``, so a
@@ -91,6 +91,7 @@ _lock = threading.Lock()
 _known_profiles: set[str] = set()
 _live_servers: dict[str, str] = {}  # "user/server" -> profile
 _gpu_holders: dict[str, tuple[str, ...]] = {}  # user -> devices, as reported by the spawner
+_spark_clusters: dict[str, tuple[int, str]] = {}  # "user/server" -> (master UI port, UI key)
 _SAFE_LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
@@ -220,6 +221,18 @@ def gpu_released(owner: str) -> None:
 
 
 @_safe
+@_safe
+def spark_cluster_started(owner: str, master_ui_port: int, ui_key: str) -> None:
+    with _lock:
+        _spark_clusters[owner] = (master_ui_port, ui_key)
+
+
+@_safe
+def spark_cluster_stopped(owner: str) -> None:
+    with _lock:
+        _spark_clusters.pop(owner, None)
+
+
 def scratch_measured(user: str, used_bytes: int) -> None:
     SCRATCH_USED.labels(user).set(int(used_bytes))
 
@@ -308,35 +321,36 @@ class GpuCollector(Collector):
 
 
 class SparkCollector(Collector):
-    """The embedded Spark master's /json/ as metrics; fetched off the scrape path and cached."""
+    """The Spark servers' own clusters, summed: each master's /json/ (through its UI filter, with the key the
+    spawner reported), fetched off the scrape path and cached."""
 
-    def __init__(self, webui_port: int, interval: float = 15.0, timeout: float = 2.0,
-                 fetch: Callable[[int, float], dict] | None = None):
-        self.webui_port = webui_port
+    def __init__(self, interval: float = 15.0, timeout: float = 2.0,
+                 fetch: Callable[[int, str, float], dict] | None = None):
         self.interval = interval
         self.timeout = timeout
-        self._fetch = fetch
-        self._status: dict | None = None
+        self._fetch = fetch or (lambda port, key, timeout: master_status(port, key, timeout=timeout))
+        self._status: dict[str, dict | None] = {}
         self._fetched_at = 0.0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
-        try:
-            if self._fetch is not None:
-                status = self._fetch(self.webui_port, self.timeout)
-            else:
-                status = master_status(self.webui_port, timeout=self.timeout)
-        except Exception as e:  # noqa: BLE001 - a down master is a figure (up=0), not an error
-            log.debug("metrics: Spark master on %s: %s", self.webui_port, e)
-            status = None
+        with _lock:
+            clusters = dict(_spark_clusters)
+        status: dict[str, dict | None] = {}
+        for owner, (port, key) in clusters.items():
+            try:
+                status[owner] = self._fetch(port, key, self.timeout)
+            except Exception as e:  # noqa: BLE001 - a down master is a figure, not an error
+                log.debug("metrics: Spark master of %s on %s: %s", owner, port, e)
+                status[owner] = None
         with self._lock:
             self._status = status
             self._fetched_at = time.monotonic()
 
-    def status(self) -> dict | None:
-        """The cached status; refreshed in a background thread when older than ``interval``.
-        The first call waits (at most ``timeout``) so the first scrape has figures."""
+    def status(self) -> dict[str, dict | None]:
+        """owner -> its master's cached status (None: not answering); refreshed in a background thread when
+        older than ``interval``. The first call waits (at most ``timeout`` per master) for figures."""
         with self._lock:
             stale = time.monotonic() - self._fetched_at >= self.interval
             first = self._fetched_at == 0.0
@@ -347,58 +361,60 @@ class SparkCollector(Collector):
         if first and thread is not None:
             thread.join(self.timeout + 0.5)
         with self._lock:
-            return self._status
+            return dict(self._status)
 
     def collect(self):
-        s = self.status()
-        up = GaugeMetricFamily("esker_spark_master_up",
-                               "1 when the embedded Spark master answers on its web UI and reports ALIVE.")
-        up.add_metric([], 1 if s and s.get("status", "ALIVE") == "ALIVE" else 0)
-        yield up
-        if not s:
-            return
-        workers = GaugeMetricFamily("esker_spark_workers", "Spark workers known to the master, per state.",
+        st = self.status()
+        up = [s for s in st.values() if s and s.get("status", "ALIVE") == "ALIVE"]
+        clusters = GaugeMetricFamily("esker_spark_clusters",
+                                     "Spark servers' own clusters, per state: up (the master answers ALIVE) "
+                                     "or down.", labels=["state"])
+        clusters.add_metric(["up"], len(up))
+        clusters.add_metric(["down"], len(st) - len(up))
+        yield clusters
+        workers = GaugeMetricFamily("esker_spark_workers", "Spark workers known to the masters, per state.",
                                     labels=["state"])
         states: dict[str, int] = {"ALIVE": 0, "DEAD": 0}
-        for w in s.get("workers", []):
-            states[w.get("state", "UNKNOWN")] = states.get(w.get("state", "UNKNOWN"), 0) + 1
-        for st, n in sorted(states.items()):
-            workers.add_metric([st.lower()], n)
+        for s in up:
+            for w in s.get("workers", []):
+                states[w.get("state", "UNKNOWN")] = states.get(w.get("state", "UNKNOWN"), 0) + 1
+        for state, n in sorted(states.items()):
+            workers.add_metric([state.lower()], n)
         yield workers
-        for name, key, help_ in (
-            ("esker_spark_cores", "cores", "Cores of the alive Spark workers."),
-            ("esker_spark_cores_used", "coresused", "Cores held by running Spark applications."),
+        for name, key, help_, scale in (
+            ("esker_spark_cores", "cores", "Cores of the alive Spark workers.", 1),
+            ("esker_spark_cores_used", "coresused", "Cores held by running Spark applications.", 1),
+            ("esker_spark_memory_bytes", "memory", "Memory of the alive Spark workers.", 1024 * 1024),
+            ("esker_spark_memory_used_bytes", "memoryused", "Memory held by running Spark applications.",
+             1024 * 1024),  # the master reports MB
         ):
             g = GaugeMetricFamily(name, help_)
-            g.add_metric([], float(s.get(key, 0)))
-            yield g
-        for name, key, help_ in (
-            ("esker_spark_memory_bytes", "memory", "Memory of the alive Spark workers."),
-            ("esker_spark_memory_used_bytes", "memoryused", "Memory held by running Spark applications."),
-        ):
-            g = GaugeMetricFamily(name, help_)
-            g.add_metric([], float(s.get(key, 0)) * 1024 * 1024)  # the master reports MB
+            g.add_metric([], float(sum(s.get(key, 0) for s in up)) * scale)
             yield g
         apps = GaugeMetricFamily("esker_spark_applications",
-                                 "Spark applications the master lists as active, per state (running, waiting).",
+                                 "Spark applications the masters list as active, per state (running, waiting).",
                                  labels=["state"])
         app_states = {"running": 0, "waiting": 0}
         per_user: dict[str, float] = {}
-        for a in s.get("activeapps", []):
-            st = str(a.get("state", "RUNNING")).lower()
-            app_states[st] = app_states.get(st, 0) + 1
-            per_user[a.get("user", "")] = per_user.get(a.get("user", ""), 0) + float(a.get("cores", 0))
-        for st, n in sorted(app_states.items()):
-            apps.add_metric([st], n)
+        done = 0
+        for owner, s in st.items():
+            if not s:
+                continue
+            done += len(s.get("completedapps", []))
+            for a in s.get("activeapps", []):
+                state = str(a.get("state", "RUNNING")).lower()
+                app_states[state] = app_states.get(state, 0) + 1
+                user = _user_of(owner)
+                per_user[user] = per_user.get(user, 0) + float(a.get("cores", 0))
+        for state, n in sorted(app_states.items()):
+            apps.add_metric([state], n)
         yield apps
-        done = GaugeMetricFamily("esker_spark_applications_completed",
-                                 "Completed Spark applications the master still lists "
-                                 "(spark.deploy.retainedApplications, 200 by default).")
-        done.add_metric([], len(s.get("completedapps", [])))
-        yield done
+        completed = GaugeMetricFamily("esker_spark_applications_completed",
+                                      "Completed Spark applications the masters still list.")
+        completed.add_metric([], done)
+        yield completed
         cores = GaugeMetricFamily("esker_spark_application_cores",
-                                  "Cores held by active Spark applications, per system account of the driver.",
-                                  labels=["user"])
+                                  "Cores held by active Spark applications, per hub user.", labels=["user"])
         for user, n in sorted(per_user.items()):
             cores.add_metric([user], n)
         yield cores
@@ -440,7 +456,7 @@ def install(runtime=None, registry=REGISTRY, spark_interval: float = 15.0) -> di
     }
     spark = rt.config["spark"]
     if spark["enabled"] and not spark["master_url"]:
-        collectors["spark"] = SparkCollector(spark["webui_port"], interval=spark_interval)
+        collectors["spark"] = SparkCollector(interval=spark_interval)
     for c in collectors.values():
         registry.register(c)
     with _lock:

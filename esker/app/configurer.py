@@ -16,7 +16,6 @@ from esker.app.deployment import Deployment
 from esker.core import config as config_mod
 from esker.courses.roles import SERVICE_NAME, course_groups, course_roles, courses_service
 from esker.objectstore.ceph import service_commands as ceph_services
-from esker.spark.cluster import service_commands as spark_services
 from esker.state.coursestore import effective_courses
 
 Mapping = dict[str, dict[str, Any]]
@@ -96,8 +95,6 @@ def group_traits(cfg: dict, d: Deployment) -> Mapping:
 def service_traits(cfg: dict, d: Deployment) -> Mapping:
     services: list[dict] = []
     roles: list[dict] = []
-    if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"] and d.spark_home:
-        services += spark_services(cfg["spark"], d.spark_home, d.state_dir, d.python)
     st = cfg["storage"]
     if st["enabled"] and not st["endpoint"]:
         services += ceph_services(st, d.state_dir, d.python)

@@ -30,7 +30,6 @@ class Deployment:
     user_password: str = ""
     admin_password: str = ""
     admin_token: str = ""
-    spark_home: str = ""
     python: str = sys.executable
     extra_services: list[dict] = field(default_factory=list)
 
@@ -80,7 +79,7 @@ def private_state(state_dir: str) -> None:
             os.chmod(path, 0o600)
 
 
-def deployment(cfg: config_mod.EskerConfig, state_dir: str, config_file: str, spark_home: str = "") -> Deployment:
+def deployment(cfg: config_mod.EskerConfig, state_dir: str, config_file: str) -> Deployment:
     private_state(state_dir)
     hub = cfg["hub"]
     port = int(os.environ.get("ESKER_PORT") or hub["port"])
@@ -95,6 +94,5 @@ def deployment(cfg: config_mod.EskerConfig, state_dir: str, config_file: str, sp
         user_password=secret(state_dir, "shared-password", 12) if cfg["auth"]["type"] == "shared-password" else "",
         admin_password=secret(state_dir, "admin-password", 32) if cfg["auth"]["type"] == "shared-password" else "",
         admin_token=os.environ.get("ESKER_ADMIN_TOKEN", ""),
-        spark_home=spark_home,
         python=sys.executable,
     )

@@ -110,7 +110,7 @@ def check_proxy(cfg, state_dir: str, url: str, timeout: float) -> dict:
     return out
 
 
-def check_spark(cfg, timeout: float) -> dict:
+def check_spark(cfg, timeout: float, scratch_root: str = "") -> dict:
     s = cfg["spark"]
     if not s["enabled"]:
         return {"status": SKIP, "detail": "disabled in esker.yaml"}
@@ -123,30 +123,44 @@ def check_spark(cfg, timeout: float) -> dict:
                     "accepts connections"}
         except OSError as e:
             return {"status": DOWN, "master": s["master_url"], "detail": f"external master unreachable ({e})"}
-    from esker.spark.cluster import master_status
+    import pwd
 
-    try:
-        st = master_status(s["webui_port"], timeout=timeout)
-    except Exception as e:  # noqa: BLE001
-        return {"status": DOWN, "detail": f"master web UI on 127.0.0.1:{s['webui_port']} unreachable ({_why(e)})",
-                "workers_alive": 0}
-    workers = st.get("workers", [])
-    alive = [w for w in workers if w.get("state") == "ALIVE"]
-    apps = st.get("activeapps", [])
-    out = {
-        "master": st.get("url"), "master_state": st.get("status"),
-        "workers_alive": len(alive), "workers": len(workers),
-        "cores": st.get("cores", 0), "cores_used": st.get("coresused", 0),
-        "memory_mb": st.get("memory", 0), "memory_used_mb": st.get("memoryused", 0),
-        "applications_running": len(apps),
-        "applications": [{"name": a.get("name"), "user": a.get("user"), "cores": a.get("cores")} for a in apps],
-    }
-    ok = st.get("status") == "ALIVE" and alive
-    out["status"] = OK if ok else DOWN
-    out["detail"] = (f"{st.get('url')} {st.get('status')}, {len(alive)}/{len(workers)} workers alive, "
-                     f"{out['cores_used']}/{out['cores']} cores used, {len(apps)} application(s)")
-    if not alive:
-        out["detail"] += " (no alive worker: jobs cannot run)"
+    from esker.spark.cluster import master_status, running_daemons
+
+    # Embedded: each Spark server runs its own master and worker as its user (esker.spark.cluster). Only this
+    # hub's (their configuration is in its scratch root); a worker whose master is gone is a cluster down.
+    daemons = running_daemons(under=scratch_root)
+    masters = {d["conf_dir"] for d in daemons if d["role"] == "master"}
+    clusters = []
+    for w in daemons:
+        if w["role"] == "worker" and w["conf_dir"] not in masters:
+            masters.add(w["conf_dir"])
+            try:
+                user = pwd.getpwuid(w["uid"]).pw_name
+            except KeyError:
+                user = str(w["uid"])
+            clusters.append({"account": user, "state": "DOWN", "workers_alive": 0,
+                             "detail": "its master is not running"})
+    for m in (d for d in daemons if d["role"] == "master"):
+        try:
+            user = pwd.getpwuid(m["uid"]).pw_name
+        except KeyError:
+            user = str(m["uid"])
+        entry = {"account": user, "master": f"spark://127.0.0.1:{m['port']}"}
+        try:
+            st = master_status(m["webui_port"], m["ui_key"], timeout=timeout)
+            alive = [w for w in st.get("workers", []) if w.get("state") == "ALIVE"]
+            entry.update(state=st.get("status"), workers_alive=len(alive), cores=st.get("cores", 0),
+                         cores_used=st.get("coresused", 0), applications_running=len(st.get("activeapps", [])))
+        except Exception as e:  # noqa: BLE001
+            entry.update(state="DOWN", workers_alive=0, detail=_why(e))
+        clusters.append(entry)
+    up = [c for c in clusters if c["state"] == "ALIVE" and c["workers_alive"]]
+    out = {"status": OK if len(up) == len(clusters) else DOWN, "clusters": clusters,
+           "detail": f"{len(clusters)} server(s) with their own Spark cluster, {len(up)} with master and worker up"}
+    if len(up) != len(clusters):
+        down = ", ".join(c["account"] for c in clusters if c not in up)
+        out["detail"] += f" (down: {down})"
     return out
 
 
@@ -226,7 +240,7 @@ def collect(cfg, state_dir: str, url: str, token: str | None, timeout: float = 3
     comps = {
         "hub": check_hub(cfg, state_dir, url, timeout),
         "proxy": check_proxy(cfg, state_dir, url, timeout),
-        "spark": check_spark(cfg, timeout),
+        "spark": check_spark(cfg, timeout, cfg["scratch"]["root"].replace("{state_dir}", state_dir)),
         "storage": check_storage(cfg, timeout),
         "gpus": check_gpus(cfg, state_dir),
         "servers": check_servers(url, token, timeout),

@@ -1,6 +1,6 @@
 """The esker-courses service's periodic jobs: per-course idle culling (with dropping ended reservations) and
-pre-warming before reservation windows (embedded: build the reserved profiles' environments and check the Spark
-master; Kubernetes: seat placeholder pods)."""
+pre-warming before reservation windows (embedded: build the reserved profiles' environments and check that
+Spark servers can start their clusters; Kubernetes: seat placeholder pods)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from esker.courses.prewarm import (
     prewarm_plan,
     prewarm_record,
 )
-from esker.spark.cluster import master_status
+from esker.spark.cluster import java_home
 from esker.system.envs import EnvironmentBuilder
 
 log = logging.getLogger("esker.courses")
@@ -33,16 +33,13 @@ def default_builder(state_dir: str):
 
 
 def spark_master_check(cfg):
-    """A callable answering "up (N workers)" or "down: why" for the embedded Spark master (hub/spark.py)."""
+    """A callable answering "up (...)" or "down: why": can a Spark server start its own cluster here (each
+    server runs its own master and worker, esker.spark.cluster)? That needs a Java runtime."""
     def check() -> str:
-        try:
-            st = master_status(cfg["spark"]["webui_port"])
-        except Exception as e:  # noqa: BLE001 - any failure means "not up"; the record says which
-            return f"down: {e}"
-        alive = [w for w in st.get("workers", ()) if w.get("state") == "ALIVE"]
-        if st.get("status") not in (None, "ALIVE"):
-            return f"down: master {st.get('status')}"
-        return f"up ({len(alive)} worker{'s' if len(alive) != 1 else ''})"
+        jh = java_home()
+        if not jh or not os.access(os.path.join(jh, "bin", "java"), os.X_OK):
+            return "down: no Java runtime (set JAVA_HOME or install a JRE); Spark servers cannot start their cluster"
+        return f"up (each Spark server starts its own cluster; Java at {jh})"
     return check
 
 
@@ -156,7 +153,7 @@ async def prewarm_once(st: ServiceState, now: datetime | None = None) -> dict:
         if plan.spark and st.cfg["spark"]["enabled"]:
             out["spark"] = await asyncio.to_thread(st.spark_check)
             if not out["spark"].startswith("up"):
-                log.warning("pre-warming: the Spark master is not up (%s); reserved Spark seats will wait",
+                log.warning("pre-warming: Spark servers cannot start their clusters (%s)",
                             out["spark"])
     out["environments"] = status
     before = st.store.prewarm_records()

@@ -102,7 +102,7 @@ def prewarm_record(due: Due, env_status: Mapping[str, str], spark_status: str | 
     env = env_status.get(due.environment, "not checked")
     problems = [f"environment {due.environment}: {env}"] if env != "ready" else []
     if due.spark and spark_status is not None and not spark_status.startswith("up"):
-        problems.append(f"spark master: {spark_status}")
+        problems.append(f"spark: {spark_status}")
     before = before or {}
     ok = not problems
     return {

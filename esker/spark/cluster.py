@@ -1,28 +1,43 @@
-"""The embedded Spark standalone cluster: a master and a worker from the pip pyspark package.
+"""A server's own Spark standalone cluster: one master and one worker from the environment's pip pyspark,
+run as the server's user, inside its control group, with a secret of its own.
 
-pip's pyspark has `bin/spark-class` but no sbin scripts, so each daemon is `spark-class <Main class>`,
-run by JupyterHub as a managed service (JupyterHub restarts a managed service that exits). Both run as an
-unprivileged service account when the hub is root: executors run user code, and must not run it as root.
+Why not one cluster for the hub: Spark standalone has one ``spark.authenticate`` secret per cluster, so every
+user who may submit knows the key that also admits him to every other user's driver, executors and blocks;
+and without it any account on the host can register a fake executor with another user's driver and receive
+its tasks. A cluster per server makes the secret the user's alone, runs executors as the user, counts them in
+the user's limits, and makes the share structural: the worker offers the user's cores and nothing else.
 
-`python -m esker.spark.cluster master|worker ...` is the service command; it sets up directories and the
-environment, drops privileges, then execs spark-class so signals reach the JVM directly.
+pip's pyspark has ``bin/spark-class`` but no sbin scripts, so each daemon is ``spark-class <Main class>``.
+The builders here are pure; :func:`launch` and :func:`stop` are the only parts that touch processes.
 """
 
 from __future__ import annotations
 
-import argparse
+import base64
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
-import sys
+import signal
+import subprocess
+import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from esker.system.accounts import ensure_service_account
 from esker.units import spark_size
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+
+# Daemons hold no user data: a small heap and a JIT tuned for start-up keep each near 180 MB resident
+# (measured; the defaults, 1 GB heap and C2, cost about 250 MB and a slower start).
+DAEMON_MEMORY = "128m"
+DAEMON_JAVA_OPTS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xss512k -XX:ReservedCodeCacheSize=32m " \
+                   "-XX:MaxMetaspaceSize=96m"
 
 
 def spark_home_of(python: str) -> str:
@@ -43,92 +58,181 @@ def java_home() -> str | None:
     return str(Path(os.path.realpath(java)).parent.parent)
 
 
-def service_commands(spark_cfg: dict, spark_home: str, state_dir: str, python: str = sys.executable) -> list[dict]:
-    """JupyterHub managed-service entries for the master and the worker (pure)."""
-    master = f"spark://127.0.0.1:{spark_cfg['master_port']}"
-    common = [python, "-m", "esker.spark.cluster", "--spark-home", spark_home, "--state-dir", state_dir,
-              "--user", spark_cfg["system_user"]]
-    return [
-        {
-            "name": "spark-master",
-            "command": common + ["master", "--port", str(spark_cfg["master_port"]),
-                                 "--webui-port", str(spark_cfg["webui_port"])],
-            "display": False,
-        },
-        {
-            "name": "spark-worker",
-            "command": common + ["worker", "--master", master,
-                                 "--cores", str(spark_cfg["worker_cores"]),
-                                 "--memory", str(spark_cfg["worker_memory"]),
-                                 "--webui-port", str(spark_cfg["worker_webui_port"])],
-            "display": False,
-        },
-    ]
+def new_credentials() -> dict[str, str]:
+    """A fresh RPC secret and web-UI key. The UI key is base64url without padding: the JWS library Spark's
+    filter uses refuses '+', '/' and '=' (and the daemon's UI then fails to bind)."""
+    return {
+        "secret": secrets.token_hex(32),
+        "ui_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="),
+    }
 
 
-def master_status(webui_port: int, timeout: float = 2.0) -> dict:
-    """The master's JSON status (workers, cores, running applications)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{webui_port}/json/", timeout=timeout) as r:
-        return json.load(r)
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where one server's cluster listens and what its worker offers."""
+
+    spark_home: str
+    conf_dir: str  # holds spark-defaults.conf (0600: the RPC secret, the UI key)
+    base_dir: str  # work/, logs/ and local/ go here: the user's scratch
+    master_port: int
+    master_ui_port: int
+    worker_ui_port: int
+    cores: int
+    memory: str  # what the worker offers executors
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://127.0.0.1:{self.master_port}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m esker.spark.cluster",
-                                description="Run the embedded Spark master or worker in the foreground.")
-    p.add_argument("--spark-home", required=True, help="pyspark package folder (has bin/spark-class)")
-    p.add_argument("--state-dir", required=True, help="Esker state directory (logs, work dirs)")
-    p.add_argument("--user", default="esker-spark", help="account to run as when started as root")
-    sub = p.add_subparsers(dest="role", required=True)
-    m = sub.add_parser("master", help="the standalone master")
-    m.add_argument("--port", type=int, default=7077)
-    m.add_argument("--webui-port", type=int, default=8080)
-    w = sub.add_parser("worker", help="a worker attached to the master")
-    w.add_argument("--master", required=True)
-    w.add_argument("--cores", type=int, default=2)
-    w.add_argument("--memory", default="4G")
-    w.add_argument("--webui-port", type=int, default=8081)
-    args = p.parse_args(argv)
-    base = Path(args.state_dir) / "spark"
-    dirs = {"SPARK_LOG_DIR": base / "logs", "SPARK_WORKER_DIR": base / "work", "SPARK_LOCAL_DIRS": base / "local"}
-    env = dict(os.environ)
-    env.update({k: str(v) for k, v in dirs.items()})
+def daemon_env(spec: ClusterSpec, base_env: dict[str, str]) -> dict[str, str]:
+    """The daemons' environment (pure): no secret in it, nor in their argv."""
+    env = {k: v for k, v in base_env.items() if k not in ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")}
     env.update({
-        "SPARK_HOME": args.spark_home,
+        "SPARK_HOME": spec.spark_home,
+        "SPARK_CONF_DIR": spec.conf_dir,
         "SPARK_NO_DAEMONIZE": "1",
         "SPARK_LOCAL_IP": "127.0.0.1",  # everything on loopback
         "SPARK_MASTER_HOST": "127.0.0.1",
-        "SPARK_CONF_DIR": str(base / "conf"),
+        "SPARK_WORKER_DIR": f"{spec.base_dir}/work",  # executors' stdout, stderr and files: the user's
+        "SPARK_LOG_DIR": f"{spec.base_dir}/logs",
+        "SPARK_LOCAL_DIRS": f"{spec.base_dir}/local",
+        "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
+        "SPARK_DAEMON_JAVA_OPTS": DAEMON_JAVA_OPTS,
     })
     jh = java_home()
     if jh:
         env["JAVA_HOME"] = jh
-    for k in ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN"):
-        env.pop(k, None)  # user code in executors must not see the hub's service token
-    os.makedirs(base / "conf", exist_ok=True)
-    # The web UIs bind SPARK_LOCAL_IP; spark-env.sh repeats it for anything spark-class starts.
-    (base / "conf" / "spark-env.sh").write_text("export SPARK_LOCAL_IP=127.0.0.1\n")
-    for d in dirs.values():
-        os.makedirs(d, exist_ok=True)
-
-    if args.role == "master":
-        cmd = [MASTER_CLASS, "--host", "127.0.0.1", "--port", str(args.port), "--webui-port", str(args.webui_port)]
-    else:
-        cmd = [WORKER_CLASS, "--host", "127.0.0.1", "--cores", str(args.cores), "--memory",
-               spark_size(args.memory), "--webui-port", str(args.webui_port), args.master]
-    if os.geteuid() == 0:
-
-        acct = ensure_service_account(args.user, str(base))
-        for d in [base, *dirs.values(), base / "conf"]:
-            os.chown(d, acct.uid, acct.gid)
-        env["HOME"] = str(base)
-        env["USER"] = acct.name
-        os.setgroups([acct.gid])
-        os.setgid(acct.gid)
-        os.setuid(acct.uid)
-    os.chdir(base)
-    spark_class = os.path.join(args.spark_home, "bin", "spark-class")
-    os.execve("/bin/bash", ["/bin/bash", spark_class, *cmd], env)
+    return env
 
 
-if __name__ == "__main__":
-    main()
+def master_command(spec: ClusterSpec) -> list[str]:
+    return ["/bin/bash", os.path.join(spec.spark_home, "bin", "spark-class"), MASTER_CLASS,
+            "--host", "127.0.0.1", "--port", str(spec.master_port), "--webui-port", str(spec.master_ui_port)]
+
+
+def worker_command(spec: ClusterSpec) -> list[str]:
+    return ["/bin/bash", os.path.join(spec.spark_home, "bin", "spark-class"), WORKER_CLASS,
+            "--host", "127.0.0.1", "--port", "0", "--cores", str(spec.cores), "--memory", spark_size(spec.memory),
+            "--webui-port", str(spec.worker_ui_port), spec.master_url]
+
+
+def launch(cmd: list[str], env: dict[str, str], spec: ClusterSpec, log_name: str,
+           preexec: Callable[[], None] | None = None) -> int:
+    """Start one daemon in a session of its own (so :func:`stop` reaches its executors too); ``preexec`` runs
+    in the child first (join the server's cgroup, drop to the user). Its folders and log are made after that,
+    so they are the user's."""
+
+    def child() -> None:
+        if preexec is not None:
+            preexec()
+        for sub in ("work", "logs", "local"):
+            os.makedirs(os.path.join(spec.base_dir, sub), 0o700, exist_ok=True)
+        fd = os.open(os.path.join(spec.base_dir, "logs", log_name), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    proc = subprocess.Popen(cmd, env=env, cwd=spec.base_dir, stdin=subprocess.DEVNULL,
+                            preexec_fn=child, start_new_session=True)
+    return proc.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process is not alive; reap it
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop(pids: list[int], grace: float = 5.0) -> None:
+    """SIGTERM each daemon's process group (the worker's has its executors), SIGKILL what is left."""
+    groups = []
+    for pid in pids:
+        try:
+            groups.append(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    for g in groups:
+        try:
+            os.killpg(g, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    for g in groups:
+        try:
+            os.killpg(g, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in pids:
+        alive(p)  # reap
+
+
+def ui_token(ui_key: str, lifetime: int = 60) -> str:
+    """A JWS (HS256) the UIs' JWSFilter accepts: the hub's way into a user's master UI for its status."""
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    key = base64.urlsafe_b64decode(ui_key + "=" * (-len(ui_key) % 4))
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"sub": "esker-hub", "exp": int(time.time()) + lifetime}).encode())
+    sig = b64(hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest())
+    return f"{head}.{body}.{sig}"
+
+
+def master_status(webui_port: int, ui_key: str = "", timeout: float = 2.0) -> dict:
+    """A master's JSON status (workers, cores, running applications), through its UI filter."""
+    req = urllib.request.Request(f"http://127.0.0.1:{webui_port}/json/")
+    if ui_key:
+        req.add_header("Authorization", f"Bearer {ui_token(ui_key)}")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
+def running_masters(under: str = "") -> list[dict]:
+    """The servers' masters running on this host whose configuration is ``under`` a folder (a hub's scratch
+    root), found in /proc (root sees every one): pid, uid, ports and the UI key from the cluster's own
+    spark-defaults.conf. For ``esker status``; the hub keeps its own list."""
+    return [d for d in running_daemons(under) if d["role"] == "master"]
+
+
+def running_daemons(under: str = "") -> list[dict]:
+    """:func:`running_masters`, and the workers too (``role``: master or worker; ``conf_dir``)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().split(b"\0")
+            role = "master" if MASTER_CLASS.encode() in args else "worker" if WORKER_CLASS.encode() in args else ""
+            if not role:
+                continue
+            args = [a.decode() for a in args]
+            environ = dict(kv.split("=", 1) for kv in (d / "environ").read_bytes().decode().split("\0") if "=" in kv)
+            uid = d.stat().st_uid
+        except (OSError, ValueError):
+            continue
+        conf_dir = environ.get("SPARK_CONF_DIR", "/nonexistent")
+        if under and not conf_dir.startswith(under.rstrip("/") + "/"):
+            continue
+        opt = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+        key = ""
+        try:
+            for line in Path(conf_dir, "spark-defaults.conf").read_text().splitlines():
+                if line.startswith("spark.org.apache.spark.ui.JWSFilter.param.secretKey "):
+                    key = line.split(" ", 1)[1].strip()
+        except OSError:
+            pass
+        found.append({"role": role, "conf_dir": conf_dir, "pid": int(d.name), "uid": uid,
+                      "port": int(opt.get("--port", 0)),
+                      "webui_port": int(opt.get("--webui-port", 0)), "ui_key": key})
+    return found

@@ -291,7 +291,13 @@ class EskerSpawner(Spawner):
     async def _esker_start(self, sel: Selection):
         await self.esker_prepare(sel)
         self._esker_prepared = True
-        return await super().start()
+        url = await super().start()
+        await self.esker_started()
+        return url
+
+    async def esker_started(self) -> None:
+        """After the backend started the server, before it counts as started: wait for what was started beside
+        it (the embedded backend's own Spark cluster). A failure here fails the spawn and releases it all."""
 
     async def _esker_start_within(self, sel: Selection, work):
         """JupyterHub's start_timeout ends a slow start with an empty TimeoutError ("Spawn failed: "); give up

@@ -17,11 +17,13 @@ from traitlets import Any, Bool, Integer, Unicode, default
 from esker import metrics
 from esker.core.plan import LaunchPlan, OptionError, Placement, Selection, build_plan, select
 from esker.courses.content import prepare_course_content
+from esker.spark import cluster as spark_cluster
 from esker.spark.cluster import java_home
 from esker.spawner.base import EskerSpawner
 from esker.spawner.embedded import account_name, developer_home, embedded_placement
-from esker.spawner.services import Courses, LocalGpus, LocalScratch, ObjectStorage, SharedSpark
+from esker.spawner.services import Courses, LocalGpus, LocalScratch, ObjectStorage, OwnSpark
 from esker.system import accounts, scratch
+from esker.system.ports import port_open
 from esker.system.cgroups import Group, Limiter
 
 
@@ -41,6 +43,10 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
     scratch_dir = Unicode("", help="This server's scratch directory.")
     scratch_used = Integer(0, help="Bytes in scratch at the last measurement.")
     cgroup = Any(None, allow_none=True, help="The control group enforcing this server's CPU/memory limits.")
+    spark_cluster = Any(None, allow_none=True, help="This server's own Spark cluster: ports, UI key, daemon pids.")
+    spark_start_timeout = Integer(
+        60, config=True, help="Seconds a server's own Spark master may take to listen before the spawn fails."
+    )
 
     @default("developer_mode")
     def _developer_mode_default(self):
@@ -52,7 +58,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         return ["LANG", "LC_ALL"]
 
     # Prepared in this order, released in the reverse one (esker.spawner.services).
-    esker_services = (Courses(), LocalGpus(), LocalScratch(), SharedSpark(), ObjectStorage())
+    esker_services = (Courses(), LocalGpus(), LocalScratch(), OwnSpark(), ObjectStorage())
     esker_ids: tuple = (None, None)  # the account's uid and gid; None in developer mode
 
     def gpu_capacity(self) -> int:
@@ -95,7 +101,43 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
                                                   self.plan.mem_limit)
         self.cmd = [os.path.join(env.bin, "jupyterhub-singleuser")]
         self._env_dir = str(env.path)
+        if self.spark_cluster is not None:  # alongside JupyterLab's start: awaited in esker_started
+            self.esker_event(78, f"Starting your own Spark master and worker ({rt.site.spark.cores_per_user} "
+                             "core(s)), as you, within your limits")
+            self._spark_start = asyncio.ensure_future(self.esker_spark_start(sel, env.python))
         self.esker_event(80, f"Starting JupyterLab ({sel.profile.display_name})")
+
+    async def esker_spark_start(self, sel: Selection, python: str) -> None:
+        """Start the server's own master, as the user in the server's cgroup, then its worker once the master
+        listens (a worker that finds no master retries only after 5 to 15 s)."""
+        c, s = self.spark_cluster, self.runtime.site.spark
+        spec = spark_cluster.ClusterSpec(
+            spark_home=spark_cluster.spark_home_of(python), conf_dir=f"{self.scratch_dir}/spark/conf",
+            base_dir=f"{self.scratch_dir}/spark", master_port=c["master_port"], master_ui_port=c["master_ui_port"],
+            worker_ui_port=c["worker_ui_port"], cores=s.cores_per_user, memory=s.executor_memory)
+        env = {k: v for k, v in self.get_env().items() if not k.startswith(("JUPYTERHUB_", "JPY_"))}
+        env = spark_cluster.daemon_env(spec, env)
+        pre = self.make_preexec_fn(self.user.name)
+        pid = await asyncio.to_thread(spark_cluster.launch, spark_cluster.master_command(spec), env, spec,
+                                      "master.out", pre)
+        c["pids"].append(pid)
+        deadline = time.monotonic() + self.spark_start_timeout
+        while not await asyncio.to_thread(port_open, spec.master_port):
+            if not spark_cluster.alive(pid) or time.monotonic() > deadline:
+                why = "exited" if not spark_cluster.alive(pid) else f"did not listen within {self.spark_start_timeout} s"
+                raise RuntimeError(f"your Spark master {why} (log: {spec.base_dir}/logs/master.out)")
+            await asyncio.sleep(0.1)
+        pid = await asyncio.to_thread(spark_cluster.launch, spark_cluster.worker_command(spec), env, spec,
+                                      "worker.out", pre)
+        c["pids"].append(pid)
+        metrics.spark_cluster_started(self.owner_key, spec.master_ui_port, c["ui_key"])
+        self.esker_event(90, f"Spark ready: your own master at {spec.master_url}, a worker with "
+                         f"{spec.cores} core(s) and {spec.memory} for executors")
+
+    async def esker_started(self) -> None:
+        task, self._spark_start = getattr(self, "_spark_start", None), None
+        if task is not None:
+            await task
 
     async def esker_deliver_courses(self, sel: Selection, courses, placement: Placement) -> None:
         uid, gid = self.esker_ids
@@ -173,10 +215,15 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         return status
 
     def esker_holds(self) -> bool:
-        return super().esker_holds() or bool(self.gpu_devices) or bool(self.scratch_dir) or self.cgroup is not None
+        return (super().esker_holds() or bool(self.gpu_devices) or bool(self.scratch_dir) or self.cgroup is not None
+                or self.spark_cluster is not None)
 
     async def esker_release(self):
         """Give back what esker_prepare took; safe to call twice and after a failed start."""
+        task, self._spark_start = getattr(self, "_spark_start", None), None
+        if task is not None and not task.done():  # no daemon may start after its cluster was released
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await super().esker_release()  # the services: storage, Spark, scratch, GPUs, courses
         self.plan = None
         self._home = ""
@@ -189,6 +236,8 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         if self.pid:
             state.update(account=self.account_name, gpus=list(self.gpu_devices), scratch_dir=self.scratch_dir,
                          options=dict(self.user_options or {}))
+            if self.spark_cluster is not None:
+                state["spark"] = self.spark_cluster
             if self.cgroup is not None:
                 state["cgroup"] = {"paths": list(self.cgroup.paths), "version": self.cgroup.version}
         return state
@@ -198,6 +247,10 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         self.account_name = state.get("account", "")
         self.scratch_dir = state.get("scratch_dir", "")
         self.gpu_devices = tuple(state.get("gpus", ()))
+        self.spark_cluster = state.get("spark")
+        if self.spark_cluster:
+            metrics.spark_cluster_started(self.owner_key, self.spark_cluster["master_ui_port"],
+                                          self.spark_cluster["ui_key"])
         if state.get("cgroup"):
             self.cgroup = Group(tuple(state["cgroup"]["paths"]), state["cgroup"]["version"])
         if state.get("options") is not None:

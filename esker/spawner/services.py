@@ -13,8 +13,11 @@ from tornado import web
 from esker import metrics
 from esker.core.plan import Placement, Selection, with_grants
 from esker.courses.content import course_grant
+from esker.spark import cluster as spark_cluster
+from esker.spark.cluster import new_credentials
 from esker.state.ledger import NoCapacity
 from esker.system import scratch
+from esker.system.ports import free_port
 
 
 class ObjectStorage:
@@ -59,11 +62,29 @@ class InPod:
         pass
 
 
-class SharedSpark(InPod):
-    """Embedded Spark: the hub's one standalone cluster; a server only gets its address and share."""
+class OwnSpark:
+    """Embedded Spark: the server's own master and worker (esker.spark.cluster), as the user, in the server's
+    control group, with a fresh secret. ``prepare`` picks the ports and the secret (the grant reaches the driver
+    through the 0600 spark-defaults.conf); the backend starts the daemons once that file and the control
+    group exist (EskerLocalSpawner.esker_spark_start). An external ``spark.master_url`` gets no cluster."""
 
-    def __init__(self):
-        super().__init__("spark")
+    name = "spark"
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        rt = sp.runtime
+        if not (sel.profile.spark and rt.site.spark) or rt.config["spark"]["master_url"]:
+            return placement
+        ports = [free_port() for _ in range(3)]
+        creds = new_credentials()
+        sp.spark_cluster = {"master_port": ports[0], "master_ui_port": ports[1], "worker_ui_port": ports[2],
+                            "ui_key": creds["ui_key"], "pids": []}
+        return with_grants(placement, spark={"master": f"spark://127.0.0.1:{ports[0]}", **creds})
+
+    async def release(self, sp) -> None:
+        cluster, sp.spark_cluster = sp.spark_cluster, None
+        metrics.spark_cluster_stopped(sp.owner_key)
+        if cluster and cluster.get("pids"):
+            await asyncio.to_thread(spark_cluster.stop, cluster["pids"])
 
 
 class LocalGpus:

@@ -66,7 +66,7 @@ def test_the_record_is_set_once_everything_is_ready_and_then_kept():
     cat = Catalog.from_config(cfg())
     (d,) = prewarm.prewarm_plan(T0, [res("big-data", "spark", rid="b")], LOOK, cat).due
     rec = prewarm.prewarm_record(d, {"spark": "ready"}, "down: connection refused", T0)
-    assert rec["prewarmed_at"] is None and "spark master: down" in rec["status"]
+    assert rec["prewarmed_at"] is None and "spark: down" in rec["status"]
     rec = prewarm.prewarm_record(d, {"spark": "failed: no lock file"}, "up (1 worker)", T0)
     assert rec["prewarmed_at"] is None and rec["status"].startswith("environment spark: failed")
     ok = prewarm.prewarm_record(d, {"spark": "ready"}, "up (1 worker)", T0)

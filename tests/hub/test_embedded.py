@@ -1,5 +1,5 @@
 """The embedded hub end to end: a real JupyterHub, configurable-http-proxy, single-user servers, and the
-Spark master and worker, all on loopback. Code runs in kernels of the spawned servers."""
+each Spark server's own master and worker, all on loopback. Code runs in kernels of the spawned servers."""
 
 from __future__ import annotations
 
@@ -90,14 +90,17 @@ def test_spark_job_from_a_users_server(running_hub, hub):
     hub.spawn("sparky", {"profile": "spark"})
     url, token = server_url(running_hub, "sparky"), hub.user_token("sparky")
     d = probe(url, token)
-    assert d["SPARK_MASTER"] == f"spark://127.0.0.1:{running_hub.cfg['spark']['master_port']}"
+    assert re.fullmatch(r"spark://127\.0\.0\.1:\d+", d["SPARK_MASTER"]), d  # the server's own master
     code = """
+import os
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()   # no configuration cell
 sc = spark.sparkContext
 print("MASTER", sc.master)
-print("CORESMAX", spark.conf.get("spark.cores.max"))
 print("LOCALDIR", spark.conf.get("spark.local.dir"))
+print("EXECUTORS", sorted(set(sc.parallelize(range(8), 4).map(
+    lambda _: (os.getuid(), open("/proc/self/cgroup").read().strip(), os.getcwd())).collect())))
+print("DRIVER", (os.getuid(), open("/proc/self/cgroup").read().strip()))
 print("SUM", spark.range(100000).selectExpr("sum(id) as s").collect()[0]["s"])
 print("PARTS", sc.parallelize(range(1000), 4).map(lambda x: x * 2).sum())
 spark.stop()
@@ -105,8 +108,12 @@ spark.stop()
     out = run_code(url, token, code, timeout=300)
     assert out["error"] is None, out["error"] + out["stderr"][-2000:]
     assert f"MASTER {d['SPARK_MASTER']}" in out["stdout"]
-    assert "CORESMAX 1" in out["stdout"]
     assert f"LOCALDIR {d['SCRATCH_DIR']}/spark" in out["stdout"]
+    # Executors run as the user, in the server's control group, in a work dir on the user's scratch.
+    driver = eval(out["stdout"].split("DRIVER", 1)[1].splitlines()[0])
+    [(uid, cgroup, cwd)] = eval(out["stdout"].split("EXECUTORS", 1)[1].splitlines()[0])
+    assert (uid, cgroup) == driver and uid == d["uid"], (driver, uid, cgroup)
+    assert cwd.startswith(f"{d['SCRATCH_DIR']}/spark/work/"), cwd
     assert "SUM 4999950000" in out["stdout"] and "PARTS 999000" in out["stdout"]
     hub.stop("sparky")
 
@@ -263,48 +270,65 @@ print('PATH', groups.get('memory', groups.get('')))
         hub.stop("limited")
 
 
-def test_spark_master_is_restarted_when_it_dies(environments):
-    """The Spark daemons are hub-managed services: kill the master and the hub brings it back."""
-    import signal
-    import time
+def spark_daemons(uid: int) -> dict[str, list[int]]:
+    """The Spark masters and workers running as ``uid``."""
     from pathlib import Path
 
-    from esker.spark.cluster import master_status
-
-    h = RunningHub()
-    try:
-        h.start()
-        port = h.cfg["spark"]["webui_port"]
-
-        def alive():
+    found: dict[str, list[int]] = {"master": [], "worker": []}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
             try:
-                return master_status(port)["aliveworkers"] >= 1
-            except Exception:
-                return False
+                if proc.stat().st_uid != uid:
+                    continue
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for role, cls in (("master", b"org.apache.spark.deploy.master.Master"),
+                              ("worker", b"org.apache.spark.deploy.worker.Worker")):
+                if cls in cmd:
+                    found[role].append(int(proc.name))
+    return found
 
-        def master_pids():
-            pids = []
-            for proc in Path("/proc").iterdir():
-                if proc.name.isdigit():
-                    try:
-                        cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                    except OSError:
-                        continue
-                    if "deploy.master.Master" in cmd and h.state_dir in cmd:
-                        pids.append(int(proc.name))
-            return pids
 
-        deadline = time.monotonic() + 120
-        while not alive() and time.monotonic() < deadline:
-            time.sleep(1)
-        assert alive(), "the Spark master and worker did not come up"
-        first = master_pids()
-        assert first, "no Spark master process of this hub"
-        for pid in first:
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 150  # JupyterHub polls managed services every 30 s
-        while time.monotonic() < deadline and not (alive() and set(master_pids()) - set(first)):
-            time.sleep(2)
-        assert alive() and set(master_pids()) - set(first), "the Spark master was not restarted"
-    finally:
-        h.teardown()
+def test_own_spark_cluster_lives_and_dies_with_its_server(running_hub, hub):
+    """A Spark server's master and worker run as its user, in its control group, behind the UI filter;
+    they are gone after a stop and after the server is killed with SIGKILL."""
+    import signal
+    import time
+
+    from esker.spark.cluster import master_status, running_masters
+
+    hub.ensure_user("own-spark")
+    hub.spawn("own-spark", {"profile": "spark"})
+    d = probe(server_url(running_hub, "own-spark"), hub.user_token("own-spark"))
+    uid = d["uid"]
+    daemons = spark_daemons(uid)
+    assert len(daemons["master"]) == 1 and len(daemons["worker"]) == 1, daemons
+    server_cgroup = open(f"/proc/{daemons['master'][0]}/cgroup").read()
+    assert "/esker/" in server_cgroup, server_cgroup
+    assert open(f"/proc/{daemons['worker'][0]}/cgroup").read() == server_cgroup
+    [m] = [m for m in running_masters() if m["uid"] == uid]
+    assert d["SPARK_MASTER"] == f"spark://127.0.0.1:{m['port']}"
+    with pytest.raises(Exception, match="403"):
+        master_status(m["webui_port"])  # no token: the UI filter refuses
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not master_status(m["webui_port"], m["ui_key"])["aliveworkers"]:
+        time.sleep(0.5)
+    st = master_status(m["webui_port"], m["ui_key"])
+    assert st["aliveworkers"] == 1 and st["cores"] == running_hub.cfg["spark"]["cores_per_user"], st
+    hub.stop("own-spark")
+    assert spark_daemons(uid) == {"master": [], "worker": []}
+
+    hub.spawn("own-spark", {"profile": "spark"})
+    daemons = spark_daemons(uid)
+    assert daemons["master"] and daemons["worker"], daemons
+    server = [int(p.name) for p in __import__("pathlib").Path("/proc").iterdir() if p.name.isdigit()
+              and p.stat().st_uid == uid and b"jupyterhub-singleuser" in (p / "cmdline").read_bytes()]
+    assert server
+    for pid in server:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120  # JupyterHub polls servers every 30 s
+    while time.monotonic() < deadline and any(spark_daemons(uid).values()):
+        time.sleep(1)
+    assert spark_daemons(uid) == {"master": [], "worker": []}, "Spark outlived its killed server"
+    hub.stop("own-spark")

@@ -147,15 +147,25 @@ def test_gpu_collector_joins_ledger_and_nvml():
 
 
 def test_spark_collector_caches_and_reports_down():
+    """Each Spark server's own master, as the spawner reported it (port and UI key), summed."""
     calls = []
 
-    def fetch(port, timeout):
-        calls.append(port)
+    def fetch(port, key, timeout):
+        calls.append((port, key))
+        if port == 1:
+            raise ConnectionRefusedError("refused")
         return MASTER_JSON
 
+    metrics.spark_cluster_started("alice/", 8080, "key-a")
+    metrics.spark_cluster_started("carl/", 1, "key-c")
     reg = CollectorRegistry()
-    reg.register(metrics.SparkCollector(8080, interval=60, fetch=fetch))
-    assert sample("esker_spark_master_up", {}, reg) == 1
+    try:
+        reg.register(metrics.SparkCollector(interval=60, fetch=fetch))
+        assert sample("esker_spark_clusters", {"state": "up"}, reg) == 1
+        assert sample("esker_spark_clusters", {"state": "down"}, reg) == 1
+    finally:
+        metrics.spark_cluster_stopped("alice/")
+        metrics.spark_cluster_stopped("carl/")
     assert sample("esker_spark_workers", {"state": "alive"}, reg) == 1
     assert sample("esker_spark_workers", {"state": "dead"}, reg) == 1
     assert sample("esker_spark_cores", {}, reg) == 4 and sample("esker_spark_cores_used", {}, reg) == 1
@@ -163,16 +173,13 @@ def test_spark_collector_caches_and_reports_down():
     assert sample("esker_spark_applications", {"state": "running"}, reg) == 1
     assert sample("esker_spark_applications", {"state": "waiting"}, reg) == 1
     assert sample("esker_spark_applications_completed", {}, reg) == 1
-    assert sample("esker_spark_application_cores", {"user": "jupyter-alice"}, reg) == 1
-    assert len(calls) == 1  # cached: one fetch for all of those scrapes
+    assert sample("esker_spark_application_cores", {"user": "alice"}, reg) == 1  # the hub user
+    assert sorted(calls) == [(1, "key-c"), (8080, "key-a")]  # cached: one fetch each for all those scrapes
 
-    def down(port, timeout):
-        raise ConnectionRefusedError("refused")
-
-    reg2 = CollectorRegistry()
-    reg2.register(metrics.SparkCollector(1, interval=60, fetch=down))
-    assert reg2.get_sample_value("esker_spark_master_up") == 0
-    assert reg2.get_sample_value("esker_spark_cores") is None
+    reg2 = CollectorRegistry()  # stopped servers are forgotten
+    reg2.register(metrics.SparkCollector(interval=60, fetch=fetch))
+    assert reg2.get_sample_value("esker_spark_clusters", {"state": "up"}) == 0
+    assert reg2.get_sample_value("esker_spark_cores") == 0
 
 
 def test_spark_collector_never_blocks_a_scrape_on_a_slow_master():
@@ -183,21 +190,24 @@ def test_spark_collector_never_blocks_a_scrape_on_a_slow_master():
     release, finished = threading.Event(), threading.Event()
     started = []
 
-    def slow(port, timeout):
+    def slow(port, key, timeout):
         started.append(timeout)
         release.wait(60)  # held until the scrapes are done; a scrape that waited for it would see it end
         finished.set()
         return MASTER_JSON
 
-    c = metrics.SparkCollector(1, interval=0.01, timeout=0.3, fetch=slow)
+    metrics.spark_cluster_started("slow/", 1, "k")
+    c = metrics.SparkCollector(interval=0.01, timeout=0.3, fetch=slow)
     try:
         first, second = list(c.collect()), list(c.collect())
         assert not finished.is_set()  # both scrapes returned while the fetch was still in flight
         assert started == [0.3]  # one fetch, given the collector's timeout; the second scrape started none
         for scrape in (first, second):
-            assert [(s.name, s.value) for m in scrape for s in m.samples] == [("esker_spark_master_up", 0)]
+            values = {(s.name, tuple(s.labels.values())): s.value for m in scrape for s in m.samples}
+            assert values[("esker_spark_clusters", ("up",))] == 0 and values[("esker_spark_cores", ())] == 0
     finally:
         release.set()
+        metrics.spark_cluster_stopped("slow/")
 
 
 # ------------------------------------------------------------------------------------------- dashboard
@@ -405,12 +415,9 @@ def test_metrics_endpoint_needs_a_token(mon_hub):
 @pytest.mark.integration
 def test_metrics_from_a_real_hub(mon_hub):
     hub = mon_hub.hub
-    # state read at scrape time: works with or without the spawner wired. The master starts with the hub.
-    assert wait_for(lambda: value(scrape(mon_hub), "esker_spark_master_up") == 1
-                    and value(scrape(mon_hub), "esker_spark_workers", state="alive") == 1, timeout=120, every=1)
+    # state read at scrape time: works with or without the spawner wired. No Spark server, no cluster.
     fams = scrape(mon_hub)
-    assert value(fams, "esker_spark_workers", state="alive") == 1
-    assert value(fams, "esker_spark_cores") == 2
+    assert value(fams, "esker_spark_clusters", state="up") == 0 and value(fams, "esker_spark_cores") == 0
     assert value(fams, "esker_reservations") == 0 and value(fams, "esker_seats_in_use") == 0
     profiles = {s.labels["profile"] for s in fams["esker_servers_running"].samples}
     assert profiles == {"spark", "tensorflow", "scikit-learn", "minimal"}
@@ -485,49 +492,63 @@ def status(h, *args) -> tuple[int, dict]:
     return p.returncode, json.loads(p.stdout) if p.stdout.strip().startswith("{") else {"raw": p.stdout + p.stderr}
 
 
-def spark_master_pid(h) -> int | None:
-    port = str(h.cfg["spark"]["master_port"])
+def spark_master_pid(uid: int) -> int | None:
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             argv = (d / "cmdline").read_bytes().split(b"\0")
+            if d.stat().st_uid != uid:
+                continue
         except OSError:
             continue
-        args = [a.decode(errors="replace") for a in argv]
-        if "org.apache.spark.deploy.master.Master" in args and port in args:
+        if b"org.apache.spark.deploy.master.Master" in argv:
             return int(d.name)
     return None
 
 
 @pytest.mark.integration
 def test_status_reports_up_and_fails_when_spark_master_stops(mon_hub):
+    import pwd
+
+    hub = mon_hub.hub
+    hub.ensure_user("mon-spark")
+    hub.spawn("mon-spark", {"profile": "spark"})
+    account = pwd.getpwnam(mon_hub.cfg["users"]["system_user_prefix"] + "mon-spark")
+    mine = lambda r: [c for c in r["components"]["spark"]["clusters"] if c["account"] == account.pw_name]  # noqa: E731
+    assert wait_for(lambda: (lambda r: mine(r) and mine(r)[0]["workers_alive"] == 1)(status(mon_hub)[1]),
+                    timeout=60, every=1)
     rc, report = status(mon_hub)
     assert rc == 0, report
     comps = report["components"]
     assert comps["hub"]["status"] == "ok" and comps["proxy"]["status"] == "ok"
-    assert comps["spark"]["workers_alive"] == 1 and comps["spark"]["cores"] == 2
+    [own] = mine(report)
+    assert own["state"] == "ALIVE" and own["cores"] == mon_hub.cfg["spark"]["cores_per_user"], own
     assert comps["storage"]["status"] == "skipped"
     assert comps["gpus"]["count"] == 2
     assert "per_profile" in comps["servers"]
     text = subprocess.run([ESKER, "status"], env=mon_hub.env(), capture_output=True, text=True, timeout=60).stdout
     assert "All components up." in text
-    pid = wait_for(lambda: spark_master_pid(mon_hub), timeout=30)
-    assert pid, "no Spark master process for this hub"
-    os.kill(pid, signal.SIGKILL)  # ours: this test hub's master; the hub restarts it within ~30 s
-    rc, report = status(mon_hub, "--timeout", "2")
-    assert rc == 1 and "spark" in report["down"], report
-    assert report["components"]["spark"]["status"] == "down"
-    # and the metric agrees, once the cached status expires
-    assert wait_for(lambda: value(scrape(mon_hub), "esker_spark_master_up") == 0, timeout=10, every=0.3)
+    assert wait_for(lambda: value(scrape(mon_hub), "esker_spark_clusters", state="up") >= 1, timeout=40, every=0.5)
+    pid = spark_master_pid(account.pw_uid)
+    assert pid, "no Spark master process for this server"
+    try:
+        os.kill(pid, signal.SIGKILL)  # ours: this test user's master (its server runs on, without Spark)
+        assert wait_for(lambda: spark_master_pid(account.pw_uid) is None, timeout=10, every=0.2)
+        rc, report = status(mon_hub, "--timeout", "2")
+        assert rc == 1 and "spark" in report["down"], report
+        assert report["components"]["spark"]["status"] == "down"
+        # and the metric agrees, once the cached status expires (15 s)
+        assert wait_for(lambda: value(scrape(mon_hub), "esker_spark_clusters", state="down") >= 1,
+                        timeout=40, every=0.5)
+    finally:
+        hub.stop("mon-spark")
 
 
 @pytest.mark.integration
 def test_bench_quick_writes_json_csv_png(mon_hub, tmp_path):
     out = tmp_path / "bench"
     env = mon_hub.env()
-    # The Spark master may be restarting after the status test: wait for it.
-    wait_for(lambda: status(mon_hub)[0] == 0, timeout=90, every=2)
     p = subprocess.run([ESKER, "bench", "--quick", "--url", mon_hub.url, "--out", str(out)], env=env,
                        capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]

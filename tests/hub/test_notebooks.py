@@ -4,6 +4,7 @@ esker_client helper tested inside spawned servers (including its errors when som
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,8 @@ def test_demo_notebook_in_its_profile(running_hub, hub, notebook, profile):
         r = result_of(run_notebook(f"{running_hub.url}/user/{user}/", hub.user_token(user),
                                    str(NOTEBOOKS / f"{notebook}.ipynb")))
         if notebook == "weather-spark":
-            # the hub's Spark cluster and the Ceph dataset: no configuration in the notebook
-            assert r["spark_master"] == f"spark://127.0.0.1:{running_hub.cfg['spark']['master_port']}"
+            # the server's own Spark cluster and the Ceph dataset: no configuration in the notebook
+            assert re.fullmatch(r"spark://127\.0\.0\.1:\d+", r["spark_master"]), r["spark_master"]
             assert r["records"] > 10000 and r["stations"] > 10 and r["months"] >= 12
             assert "s3" in json.dumps(r["storage"]).lower(), r["storage"]
         elif notebook == "scikit-learn":

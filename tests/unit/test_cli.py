@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,11 +28,6 @@ def test_every_command_has_help(command):
     r = subprocess.run([str(REPO / ".venv" / "bin" / "esker"), *command, "--help"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "usage: esker" in r.stdout and len(r.stdout.splitlines()) > 3
-
-
-def test_spark_service_module_has_help():
-    r = subprocess.run([sys.executable, "-m", "esker.spark.cluster", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "master" in r.stdout
 
 
 def test_configuration_reference_is_current():

@@ -183,8 +183,7 @@ def test_gpu_plan_and_storage_grant():
 
 def _deployment(**kw):
     base = dict(state_dir="/var/lib/esker", config_file="/etc/esker.yaml", port=8000, hub_port=8081,
-                proxy_api_port=8001, proxy_command=["chp"], user_password="pw-123456", admin_password="a" * 32,
-                spark_home="/envs/spark/pyspark")
+                proxy_api_port=8001, proxy_command=["chp"], user_password="pw-123456", admin_password="a" * 32)
     base.update(kw)
     return traits.Deployment(**base)
 
@@ -196,7 +195,8 @@ def test_traits_mapping_defaults():
     assert m["JupyterHub"]["authenticator_class"] == "shared-password"
     assert m["SharedPasswordAuthenticator"]["user_password"] == "pw-123456"
     names = [s["name"] for s in m["JupyterHub"]["services"]]
-    assert names == ["spark-master", "spark-worker", "ceph", "idle-culler", "esker-courses"]
+    # No Spark service: each Spark server runs its own cluster (esker.spark.cluster).
+    assert names == ["ceph", "idle-culler", "esker-courses"]
     assert "esker-admin" not in names  # no token, no admin service
 
 
