@@ -1,10 +1,41 @@
-"""Per-user scratch on fast local disk: created at spawn, measured while running, wiped at stop."""
+"""Per-user scratch on fast local disk: created at spawn, measured while running, wiped at stop.
+
+With a quota (a root hub with loop devices), a server's scratch is a filesystem of its own: an ext4 image of the
+profile's ``scratch_size`` under ``<root>/.images/`` (root's, 0700), loop-mounted at the user's folder. Writing
+past it is ENOSPC in that filesystem only. The image is *reserved* (fallocate) rather than sparse, so what a
+server was promised is taken from the disk when it starts: a full scratch can never fill the shared disk, and a
+promise the disk cannot keep is refused at spawn (:class:`NoRoom`), not discovered later by someone else.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import subprocess
 from pathlib import Path
+
+IMAGES = ".images"  # under the scratch root; a leading dot: no account name can collide with it
+# Left free on the disk after a reservation, for the hub's state and logs that share it.
+HEADROOM = 1024**3
+# Fast, and nothing written in the background after mount (lazy init would zero inode tables behind the
+# user's I/O; the reserved image reads as zeros anyway). nodiscard: a discard would punch holes in the image
+# file and hand the reservation back to the disk. -m 0: the user gets all of it (root reserve is for root).
+# (One -E only: mke2fs keeps the last one it is given.)
+MKFS_EXTENDED = "lazy_itable_init=1,lazy_journal_init=1,nodiscard"
+MKFS = ["mkfs.ext4", "-q", "-F", "-m", "0"]
+# nodev, nosuid: the user owns the filesystem's root and could plant a device node or a setuid file there.
+# Not noexec: users run their own code from scratch (builds, compiled extensions, Spark's unpacked files),
+# and a user can run anything they can read anyway (python script.py, ld.so), so it would stop nothing.
+MOUNT_OPTIONS = "nodev,nosuid,noinit_itable"
+
+
+class NoRoom(Exception):
+    """The disk under the scratch root cannot hold this server's scratch_size."""
+
+
+class QuotaError(Exception):
+    """Setting up a scratch filesystem failed (the message says which step and why)."""
 
 
 def scratch_path(root: str, account: str) -> str:
@@ -53,6 +84,135 @@ def free_bytes(root: str) -> int:
 
 def wipe(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# -- quota: a loop-mounted image per server ----------------------------------------------------------------
+def image_path(path: str) -> str:
+    """The image behind a user's scratch folder ``<root>/<account>``: ``<root>/.images/<account>.img``."""
+    root, account = os.path.split(os.path.normpath(path))
+    return os.path.join(root, IMAGES, f"{account}.img")
+
+
+def quota_unsupported(root_user: bool) -> str | None:
+    """Why this host cannot enforce scratch quotas, or None when it can."""
+    if not root_user:
+        return "the hub is not root (developer mode), so it cannot mount a filesystem per server"
+    missing = [c for c in ("losetup", "mkfs.ext4", "mount", "umount") if shutil.which(c) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (Debian: mount, e2fsprogs)"
+    if not os.path.exists("/dev/loop-control"):
+        return "no loop devices (/dev/loop-control is missing; modprobe loop, or a container without them)"
+    return None
+
+
+def mounted(path: str) -> bool:
+    """Whether a filesystem is mounted exactly at path (from the kernel's table, not a stat comparison)."""
+    target = os.path.realpath(path)
+    return any(m == target for m in mounts())
+
+
+def mounts() -> list[str]:
+    """Every mount point on this host (/proc/self/mounts, octal escapes decoded)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(" ")
+        if len(parts) > 1:
+            out.append(parts[1].encode().decode("unicode_escape"))
+    return out
+
+
+def _run(step: str, cmd: list[str]) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise QuotaError(f"{step} failed: {' '.join(cmd)}: {(r.stderr or r.stdout).strip() or r.returncode}")
+    return r.stdout.strip()
+
+
+def reserve(image: str, size: int, headroom: int = HEADROOM) -> None:
+    """Create ``image`` with ``size`` bytes allocated on disk, or raise NoRoom leaving nothing behind."""
+    folder = os.path.dirname(image)
+    free = free_bytes(folder)
+    if free - size < headroom:
+        raise NoRoom(f"{size / 1024**3:.1f} GiB of scratch cannot be reserved: {free / 1024**3:.1f} GiB free on "
+                     f"the disk under {folder}, and {headroom / 1024**3:.1f} GiB stay free for the hub")
+    os.close(os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    try:
+        _fill(image, size)
+    except OSError as e:
+        os.unlink(image)
+        if e.errno == errno.ENOSPC:
+            raise NoRoom(f"{size / 1024**3:.1f} GiB of scratch cannot be reserved: the disk under {folder} is full")
+        raise
+
+
+def _fill(image: str, size: int) -> None:
+    """Allocate every block of the image's first ``size`` bytes (data already there is kept)."""
+    fd = os.open(image, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
+def mount_quota(path: str, size: int, uid: int, gid: int, keep: bool) -> bool:
+    """Mount a ``size``-byte filesystem of the user's at ``path``. With ``keep`` an existing image (kept
+    from the last server) is mounted again; otherwise it is replaced by a fresh one. Returns whether the image
+    was made now. Raises NoRoom or QuotaError, having mounted nothing."""
+    image = image_path(path)
+    folder = os.path.dirname(image)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)  # root's alone: users must not read or hold another's image
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if mounted(path):  # left by a server whose release never ran (a hub killed mid-stop): start afresh
+        unmount(path)
+    fresh = not (keep and os.path.exists(image))
+    if fresh:
+        if os.path.lexists(image):
+            os.unlink(image)
+        reserve(image, size)
+        try:
+            # root_owner: the filesystem's root is the user's from the start (prepare() sets the mode).
+            _run("mkfs", [*MKFS, "-E", f"{MKFS_EXTENDED},root_owner={uid}:{gid}", image])
+            _fill(image, size)  # whatever mke2fs zeroed by punching holes is allocated again
+        except (QuotaError, OSError):
+            os.unlink(image)
+            raise
+    # Direct I/O: the loop device writes straight to the image instead of through a second page cache of it
+    # (double caching costs memory and makes fsync flush twice).
+    dev = _run("losetup", ["losetup", "--find", "--show", "--direct-io=on", image])
+    try:
+        _run("mount", ["mount", "-t", "ext4", "-o", MOUNT_OPTIONS, dev, path])
+    except QuotaError:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+        if fresh:
+            os.unlink(image)
+        raise
+    # Detaching a mounted loop device only marks it autoclear: the kernel frees it at unmount, so no loop
+    # device outlives its mount, whoever unmounts it.
+    subprocess.run(["losetup", "-d", dev], capture_output=True)
+    return fresh
+
+
+def unmount(path: str) -> None:
+    """Unmount the filesystem at ``path`` (its loop device goes with it). Raises QuotaError if it stays busy."""
+    r = subprocess.run(["umount", path], capture_output=True, text=True)
+    if r.returncode != 0 and mounted(path):
+        raise QuotaError(f"umount {path} failed: {r.stderr.strip()}")
+
+
+def release_quota(path: str, keep: bool) -> None:
+    """Unmount ``path`` if mounted; delete its image unless ``keep``. Safe to call twice."""
+    if mounted(path):
+        unmount(path)
+    if not keep:
+        try:
+            os.unlink(image_path(path))
+        except FileNotFoundError:
+            pass
 
 
 def write_private(base: str, path: str, text: str, uid: int | None = None, gid: int | None = None) -> None:
