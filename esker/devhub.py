@@ -44,6 +44,10 @@ def test_config(prefix: str, home_root: str, ceph=None, **overrides) -> dict:
     cfg["users"] = {"system_user_prefix": prefix, "home_root": home_root,
                     "groups": {"gpu-users": ["gpu-user"], "instructors": []}}
     cfg["gpus"]["devices"] = ["0", "1"]  # pinned ids: exercises the allocator without a GPU
+    # A root hub reserves each server's scratch_size on the disk (a filesystem image per server): the shipped
+    # 5-50 GB would fill a test machine's disk with a few concurrent servers.
+    for p in cfg["profiles"]:
+        p["scratch_size"] = os.environ.get("ESKER_TEST_SCRATCH_SIZE", "512M")
     if ceph is not None:  # the test session's throwaway Ceph, as an external gateway
         cfg["storage"] = {"enabled": True, "endpoint": ceph.endpoint, "region": ceph.region,
                           "admin_access_key": ceph.access_key, "admin_secret_key": ceph.secret_key,

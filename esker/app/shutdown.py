@@ -26,7 +26,7 @@ from pathlib import Path
 
 from esker.app.configurer import services_dir
 from esker.objectstore.cephprocs import BINARIES, DAEMONS, Daemons
-from esker.system import procs
+from esker.system import procs, scratch
 
 
 @dataclass
@@ -211,6 +211,36 @@ class Stopper:
         self._terminate(proxies, "the proxy", grace)
         if not self.proxies():
             (self.state / "proxy.pid").unlink(missing_ok=True)
+        self.unmount_scratch()
+
+    def scratch_dirs(self) -> set[str]:
+        """The scratch folders recorded in the hub's database for its servers."""
+        try:
+            with sqlite3.connect(f"file:{self.state / 'jupyterhub.sqlite'}?mode=ro", uri=True) as conn:
+                rows = conn.execute("SELECT state FROM spawners WHERE state IS NOT NULL").fetchall()
+        except sqlite3.Error:
+            return set()
+        dirs = set()
+        for (raw,) in rows:
+            try:
+                d = json.loads(raw or "{}").get("scratch_dir")
+            except (ValueError, AttributeError):
+                continue
+            if d:
+                dirs.add(d)
+        return dirs
+
+    def unmount_scratch(self) -> None:
+        """The servers are gone, their scratch filesystems stay mounted: unmount them (their images stay
+        until the hub's next start gives each server back, by its profile's scratch_keep)."""
+        for d in sorted(self.scratch_dirs()):
+            if not scratch.mounted(d):
+                continue
+            try:
+                scratch.unmount(d)
+                self.out.stopped.append(f"scratch filesystem at {d} (unmounted)")
+            except scratch.QuotaError as e:
+                self.out.left.append(f"scratch filesystem at {d} is still mounted: {e}")
 
     def verify(self, everything: bool) -> None:
         """What is still running, and which ports that Esker's processes held are still held."""

@@ -206,6 +206,20 @@ def check_gpus(cfg, state_dir: str) -> dict:
             "detail": detail}
 
 
+def check_scratch(cfg, state_dir: str) -> dict:
+    """Whether scratch quotas are enforced on this host (what the hub decides at its first spawn, from the
+    same facts), and how many scratch filesystems are mounted."""
+    from esker.system import scratch
+
+    root = cfg["scratch"]["root"].replace("{state_dir}", state_dir).rstrip("/")
+    mounted = [m for m in scratch.mounts() if m.startswith(root + "/")]
+    why = scratch.quota_unsupported(root_user=os.geteuid() == 0)
+    if mounted or why is None:
+        detail = f"quota enforced (a filesystem of scratch_size per server), {len(mounted)} mounted under {root}"
+        return {"status": INFO, "quota": True, "mounted": len(mounted), "detail": detail}
+    return {"status": INFO, "quota": False, "mounted": 0, "detail": f"scratch has no quota here: {why}"}
+
+
 def check_servers(url: str, token: str | None, timeout: float) -> dict:
     if not token:
         return {"status": SKIP, "detail": "no admin token (set ESKER_ADMIN_TOKEN or --token) to list servers"}
@@ -243,6 +257,7 @@ def collect(cfg, state_dir: str, url: str, token: str | None, timeout: float = 3
         "spark": check_spark(cfg, timeout, cfg["scratch"]["root"].replace("{state_dir}", state_dir)),
         "storage": check_storage(cfg, timeout),
         "gpus": check_gpus(cfg, state_dir),
+        "scratch": check_scratch(cfg, state_dir),
         "servers": check_servers(url, token, timeout),
     }
     down = [name for name, c in comps.items() if c["status"] == DOWN]

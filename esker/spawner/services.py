@@ -6,6 +6,10 @@ differ by where the server runs. What each adds to the environment is the plan's
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import time
 from dataclasses import replace
 
 from tornado import web
@@ -113,25 +117,79 @@ class LocalGpus:
 
 class LocalScratch:
     """The user's folder under scratch.root (0700, the user's own, with tmp/ and spark/); wiped at stop
-    unless the profile keeps it."""
+    unless the profile keeps it. On a root hub with loop devices it is a filesystem of its own, of the profile's
+    scratch_size (esker.system.scratch.mount_quota); elsewhere a plain folder, and the hub says so."""
 
     name = "scratch"
 
     async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
         sp.scratch_dir = placement.scratch_dir
-        root = sp.runtime.scratch_root
-        free = await asyncio.to_thread(scratch.free_bytes, root)
         uid, gid = sp.esker_ids
+        why = scratch_quota_unsupported(sp)
+        note = ""
+        if why is None:
+            t0 = time.monotonic()
+            try:
+                fresh = await asyncio.to_thread(scratch.mount_quota, sp.scratch_dir, sel.scratch_size, uid, gid,
+                                                sel.scratch_keep)
+            except scratch.NoRoom as e:
+                raise web.HTTPError(503, f"{sel.profile.display_name} cannot start: {e}. "
+                                    "Try a profile with less scratch, or come back later.") from None
+            sp.log.info("%s: scratch filesystem of %d bytes %s at %s in %.3f s", sp._log_name, sel.scratch_size,
+                        "made and mounted" if fresh else "kept, mounted again", sp.scratch_dir,
+                        time.monotonic() - t0)
+        else:
+            note = f" (scratch has no quota here: {why})"
+            root = sp.runtime.scratch_root
+            free = await asyncio.to_thread(scratch.free_bytes, root)
+            if free < sel.scratch_size:
+                sp.log.warning("scratch for %s: %d bytes free under %s, profile allows %d",
+                               sp.user.name, free, root, sel.scratch_size)
         await asyncio.to_thread(scratch.prepare, sp.scratch_dir, uid, gid)
-        if free < sel.scratch_size:
-            sp.log.warning("scratch for %s: %d bytes free under %s, profile allows %d",
-                           sp.user.name, free, root, sel.scratch_size)
-        sp.esker_event(70, f"Scratch ready at {sp.scratch_dir}")
+        sp.esker_event(70, f"Scratch ready at {sp.scratch_dir}{note}")
         return placement
 
     async def release(self, sp) -> None:
         metrics.scratch_cleared(sp.user.name)
         keep = sp.selection.scratch_keep if sp.selection is not None else True
-        if sp.scratch_dir and not keep:
-            await asyncio.to_thread(scratch.wipe, sp.scratch_dir)
+        if sp.scratch_dir:
+            await asyncio.to_thread(_release_scratch, sp.scratch_dir, keep, getattr(sp, "cgroup", None), sp.log)
+            if not keep:
+                await asyncio.to_thread(scratch.wipe, sp.scratch_dir)
         sp.scratch_dir = ""
+
+
+def scratch_quota_unsupported(sp) -> str | None:
+    """Why this hub's scratch has no quota (None: it has one); the hub log says it once."""
+    extra = sp.runtime.extra
+    if "scratch_quota" not in extra:
+        why = scratch.quota_unsupported(root_user=not getattr(sp, "developer_mode", True))
+        extra["scratch_quota"] = why
+        if why:
+            sp.log.warning("scratch has no quota here: %s; profiles' scratch_size is only reported", why)
+    return extra["scratch_quota"]
+
+
+def _release_scratch(path: str, keep: bool, group, log) -> None:
+    """Unmount a server's scratch filesystem, if it has one (and drop its image unless kept). What the server
+    left running (orphaned kernels, in its cgroup, which the backend kills at release anyway) would keep it
+    busy: that is killed first."""
+    err = None
+    for attempt in range(50):
+        try:
+            scratch.release_quota(path, keep)
+            return
+        except scratch.QuotaError as e:
+            err = e
+            if attempt == 0 and group is not None:
+                for pid in group.procs():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.1)
+    # Still busy (a process outside the server's cgroup holds a file there): take it out of the tree now; the
+    # kernel frees the filesystem and its loop device when the last file is closed.
+    log.error("%s; detaching it lazily", err)
+    subprocess.run(["umount", "-l", path], capture_output=True)
+    scratch.release_quota(path, keep)
