@@ -7,8 +7,9 @@ Benchmarks (each can be chosen with --only, and each reports figures with a unit
   burst       a workshop: N users arrive over W seconds, each spawns and runs a first cell
   spark       the same Spark job on the hub's cluster (SPARK_MASTER) and on local[*], inside a user's server
   s3          put/get throughput to the user's bucket from a user's server (skipped without object storage)
-  scratch     write/read bandwidth of N MB in SCRATCH_DIR from a kernel, beside the same measurement taken on
-              this host in the scratch root (the raw disk under it)
+  scratch     write (fsynced) and cold read of N MB in SCRATCH_DIR from a kernel, side by side with the same
+              on this host in the scratch root (the raw disk under it) and in the server's HOME (a plain folder)
+              when that is on the same disk, in rounds of alternating order; medians, min and max
   tensorflow  Keras training throughput (samples/s) in the tensorflow profile, on a GPU when one is granted
 
 Results go to --out as results.json, results.csv and PNG plots; --compare REFERENCE.json prints the ratio
@@ -32,9 +33,9 @@ from esker.cli.benchsuite import Bench, Progress
 
 BENCHMARKS = ["spawn", "burst", "spark", "s3", "scratch", "tensorflow"]
 FULL = {"levels": [1, 10, 30], "burst_users": 30, "burst_window": 30.0, "spark_rows": 20_000_000,
-        "s3_objects": 8, "s3_mb": 64, "scratch_mb": 1024, "tf_samples": 20_000, "tf_epochs": 3}
+        "s3_objects": 8, "s3_mb": 64, "scratch_mb": 1024, "scratch_rounds": 5, "tf_samples": 20_000, "tf_epochs": 3}
 QUICK = {"levels": [1, 2], "burst_users": 3, "burst_window": 2.0, "spark_rows": 1_000_000,
-         "s3_objects": 2, "s3_mb": 8, "scratch_mb": 32, "tf_samples": 1_024, "tf_epochs": 1}
+         "s3_objects": 2, "s3_mb": 8, "scratch_mb": 32, "scratch_rounds": 2, "tf_samples": 1_024, "tf_epochs": 1}
 
 
 def cmd_bench(args) -> int:
@@ -80,6 +81,8 @@ def cmd_bench(args) -> int:
         sizes["burst_users"] = args.burst_users
     if args.scratch_mb:
         sizes["scratch_mb"] = args.scratch_mb
+    if args.scratch_rounds:
+        sizes["scratch_rounds"] = args.scratch_rounds
     run_id = secrets.token_hex(2)
     started = datetime.now(timezone.utc)
     out = Path(args.out or Path("bench") / "results" / f"esker-bench-{started:%Y%m%dT%H%M%SZ}")
@@ -138,6 +141,7 @@ def register(sub) -> None:
     p.add_argument("--levels", metavar="N,N", help="spawn concurrency levels (default 1,10,30; quick 1,2)")
     p.add_argument("--burst-users", type=int, help="workshop attendees (default 30; quick 3)")
     p.add_argument("--scratch-mb", type=int, help="MB written and read in scratch (default 1024; quick 32)")
+    p.add_argument("--scratch-rounds", type=int, help="rounds of the scratch measurement (default 5; quick 2)")
     p.add_argument("--profile", default="minimal", help="profile for spawn, burst, s3, scratch (default minimal)")
     p.add_argument("--gpus", default="1", help="GPUs asked for the tensorflow run (default 1; CPU if refused)")
     p.add_argument("--gpu-group", default="gpu-users", help="group that may ask for GPUs (default gpu-users)")

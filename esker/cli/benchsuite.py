@@ -209,33 +209,57 @@ class Bench:
         return {**res, "figures": [fig("server", "put_mb_s", res["put_mb_s"], "MB/s", "higher"),
                                    fig("server", "get_mb_s", res["get_mb_s"], "MB/s", "higher")]}
 
-    # -- scratch from the kernel against the raw disk under it
+    # -- scratch from the kernel against the raw disk under it, side by side
     def bench_scratch(self) -> dict:
-        mb = self.sizes["scratch_mb"]
+        """Rounds of the same fsynced write and cold read, in the server's SCRATCH_DIR (its quota filesystem,
+        from its kernel, in its cgroup), in its HOME (a plain folder, when on the same disk: the server without
+        the image) and on this host in the scratch root, the cases' order alternating each round so that the
+        disk's drift (its cache, a neighbour's I/O) falls on every case alike. Figures: each case's median,
+        min and max; ratios of the medians."""
+        mb, rounds = self.sizes["scratch_mb"], self.sizes.get("scratch_rounds", 5)
         name = self.user("scratch")
         self.progress.update(note=f"spawning {self.profile}")
         self.hub.spawn(name, {"profile": self.profile})
-        self.progress.update(note=f"writing and reading {mb} MB in SCRATCH_DIR")
-        server = self.run(name, DISK_CODE + f"\nprint('RESULT' + json.dumps(esker_disk_bw(os.environ['SCRATCH_DIR'], {mb})))")
-        self.stop_all([name])
-        out = {"server": server, "figures": [fig("server", "write_mb_s", server["write_mb_s"], "MB/s", "higher"),
-                                              fig("server", "read_mb_s", server["read_mb_s"], "MB/s", "higher")]}
-        root = self.scratch_root or os.path.dirname(server["directory"].rstrip("/"))
+        where = self.run(name, "import json, os\nprint('RESULT' + json.dumps({'scratch': os.environ['SCRATCH_DIR'], "
+                               "'home': os.environ['HOME']}))")
+        root = self.scratch_root or os.path.dirname(where["scratch"].rstrip("/"))
+        dirs = {"server": "os.environ['SCRATCH_DIR']"}
+        out: dict = {"directories": where, "rounds": rounds, "mb": mb}
         if not os.path.isdir(root):
             out["host"] = {"skipped": f"scratch root {root} is not on this machine (run esker bench on the hub's "
                                       "host, or pass --scratch-root)"}
-            return out
-        self.progress.update(note=f"the same on this host in {root}")
+        elif _same_disk(where["home"], root):
+            dirs["server_home"] = "os.environ['HOME']"
         ns: dict = {}
-        exec(DISK_CODE, ns)  # noqa: S102 - our own constant, the same code the kernel ran
-        host = ns["esker_disk_bw"](root, mb)
-        out["host"] = host
-        out["figures"] += [fig("host", "write_mb_s", host["write_mb_s"], "MB/s", "higher"),
-                           fig("host", "read_mb_s", host["read_mb_s"], "MB/s", "higher"),
-                           fig("server_vs_host", "write_ratio", server["write_mb_s"] / host["write_mb_s"], "ratio",
-                               "higher"),
-                           fig("server_vs_host", "read_ratio", server["read_mb_s"] / host["read_mb_s"], "ratio",
-                               "higher")]
+        exec(DISK_CODE, ns)  # noqa: S102 - our own constant, the same code the kernel runs
+        cases = [*dirs, *(["host"] if os.path.isdir(root) else [])]
+        samples: dict[str, list[dict]] = {c: [] for c in cases}
+        for i in range(rounds):
+            for case in (cases if i % 2 == 0 else cases[::-1]):
+                self.progress.update(i, rounds, f"{mb} MB fsynced, {case}")
+                if case == "host":
+                    samples[case].append(ns["esker_disk_bw"](root, mb))
+                else:
+                    samples[case].append(self.run(name, DISK_CODE + "\nprint('RESULT' + json.dumps(esker_disk_bw("
+                                                  f"{dirs[case]}, {mb})))"))
+        self.stop_all([name])
+        figures = []
+        med: dict[str, dict[str, float]] = {}
+        for case, got in samples.items():
+            med[case] = {}
+            for metric in ("write_mb_s", "read_mb_s"):
+                v = [s[metric] for s in got]
+                med[case][metric] = statistics.median(v)
+                figures += [fig(case, metric, med[case][metric], "MB/s", "higher"),
+                            fig(case, metric.replace("_mb_s", "_min_mb_s"), min(v), "MB/s", "higher"),
+                            fig(case, metric.replace("_mb_s", "_max_mb_s"), max(v), "MB/s", "higher")]
+            out[case] = {**med[case], "samples": got}
+        for case in ("server", "server_home"):
+            if case in med and "host" in med:
+                for metric in ("write", "read"):
+                    figures.append(fig(f"{case}_vs_host", f"{metric}_ratio",
+                                       med[case][f"{metric}_mb_s"] / med["host"][f"{metric}_mb_s"], "ratio", "higher"))
+        out["figures"] = figures
         return out
 
     # -- TensorFlow training throughput
@@ -260,6 +284,13 @@ class Bench:
             res["note"] = note
         case = res["device"].lower()
         return {**res, "figures": [fig(case, "samples_per_s", res["samples_per_s"], "samples/s", "higher")]}
+
+
+def _same_disk(a: str, b: str) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
 
 
 def _quiet(fn, *a):
