@@ -187,6 +187,10 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
             self._esker_base = {k: copy.deepcopy(getattr(self, k)) for k in _APPLIED}
         base, cfg, names = self._esker_base, self.esker_config.data, self.esker_names()
         volume, mount = ko.scratch_volume(plan, cfg, names)
+        if "hostPath" in volume and not self.runtime.extra.get("hostpath_warned"):
+            self.runtime.extra["hostpath_warned"] = True  # once per hub
+            self.log.warning("scratch has no quota here: scratch.kubernetes.storage_class is null, so scratch is "
+                             "a hostPath folder per user; set a node-local storage class to enforce scratch_size")
         uid = self.uid if isinstance(self.uid, int) else 1000
         gid = self.gid if isinstance(self.gid, int) else 100
         scratch_init = ko.scratch_init_container(plan, cfg, uid, gid, names)

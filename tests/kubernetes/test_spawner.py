@@ -416,3 +416,32 @@ def test_s3_keys_live_in_a_per_server_secret_created_before_the_pod_and_deleted_
     asyncio.run(failing())
     assert calls.index("create_namespaced_secret") < calls.index("KubeSpawner._start") < \
         calls.index("delete_namespaced_secret")
+
+
+def test_hostpath_scratch_says_once_that_it_has_no_quota(tmp_path):
+    import logging
+
+    def warnings_for(config_file, n):
+        seen = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                seen.append(record.getMessage())
+
+        async def run():
+            for _ in range(n):
+                sp = spawner_for(config_file, profile="minimal")
+                handler = Keep(logging.WARNING)
+                sp.log.addHandler(handler)
+                try:
+                    await sp.load_user_options()
+                finally:
+                    sp.log.removeHandler(handler)
+
+        asyncio.run(run())
+        return [m for m in seen if "no quota" in m]
+
+    hostpath = warnings_for(write_config(tmp_path, "hostpath.yaml"), 2)  # the shipped storage_class: null
+    assert len(hostpath) == 1 and "storage_class is null" in hostpath[0], hostpath
+    sized = write_config(tmp_path, "nvme.yaml", scratch={"kubernetes": {"storage_class": "topolvm-nvme"}})
+    assert warnings_for(sized, 2) == []
