@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the system packages Esker needs, from Debian: each only when its command is missing.
-#   base:    Java (Spark), Node.js + npm (configurable-http-proxy), python3-venv
+#   base:    Java (Spark), Node.js + npm (configurable-http-proxy), python3-venv, losetup and mkfs.ext4
+#            (each server's scratch is a loop-mounted filesystem of its quota)
 #   browser: Chromium (the browser tests)
 # Idempotent; `apt-get update` runs at most once, and only when something must be installed.
 set -eu
@@ -18,6 +19,8 @@ for part in $want; do
             # Profile environments are built on the system Python: every account can execute it.
             [ -x /usr/bin/python3 ] || pkgs="$pkgs python3"
             need git git
+            need losetup mount
+            need mkfs.ext4 e2fsprogs
             ;;
         browser)
             need chromium chromium
