@@ -5,10 +5,14 @@ the caller prints); the str.format fields are the sizes, so literal braces are d
 DISK_CODE = r'''
 import json, os, time
 def esker_disk_bw(directory, mb, block=4 * 1024 * 1024):
-    """Write mb MB in 4 MB blocks and fsync, then read it back with its pages dropped from the cache."""
+    """Write mb MB in 4 MB blocks and fsync, then read it back with its pages dropped from the cache. Each
+    measurement starts on a quiet disk (sync, untimed): otherwise its fsync forces the journal commit that
+    carries the previous measurement's cleanup (with the `discard` mount option, the discard of every block of
+    the file it unlinked), and each case pays for the one before it."""
     path = os.path.join(directory, ".esker-bench-%d-%d" % (os.getpid(), time.time_ns()))
     buf = os.urandom(block)
     n = max(1, mb * 1024 * 1024 // block)
+    os.sync()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         t = time.perf_counter()
