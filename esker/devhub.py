@@ -104,7 +104,7 @@ class RunningHub:
         return env
 
     def start(self, timeout: float = 300) -> "RunningHub":
-        log = open(self.log_path, "ab")
+        log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")  # the hub's log: root's
         cmd = [ESKER, "run", "--prepare", "none"]
         if self.extra_config:  # JupyterHub takes one -f: a wrapper that loads Esker's config first
             wrapper = Path(self.state_dir) / "jupyterhub_config_test.py"

@@ -12,7 +12,7 @@ import socket
 from typing import Any
 
 from esker import resources
-from esker.app.deployment import Deployment
+from esker.app.deployment import Deployment, run_dir
 from esker.core import config as config_mod
 from esker.courses.roles import SERVICE_NAME, course_groups, course_roles, courses_service
 from esker.objectstore.ceph import service_commands as ceph_services
@@ -32,7 +32,7 @@ def hub_traits(cfg: dict, d: Deployment) -> Mapping:
             "base_url": hub["base_url"],
             "db_url": f"sqlite:///{os.path.join(d.state_dir, 'jupyterhub.sqlite')}",
             "cookie_secret_file": os.path.join(d.state_dir, "secrets", "jupyterhub_cookie_secret"),
-            "pid_file": os.path.join(d.state_dir, "jupyterhub.pid"),
+            "pid_file": os.path.join(run_dir(d.state_dir), "jupyterhub.pid"),
             "concurrent_spawn_limit": hub["concurrent_spawn_limit"],
             "log_level": hub["log_level"],
             # Servers and the proxy outlive a hub restart (upgrades, config changes); `esker run`
@@ -44,7 +44,7 @@ def hub_traits(cfg: dict, d: Deployment) -> Mapping:
         "ConfigurableHTTPProxy": {
             "api_url": f"http://127.0.0.1:{d.proxy_api_port}",
             "command": d.proxy_command,
-            "pid_file": os.path.join(d.state_dir, "proxy.pid"),
+            "pid_file": os.path.join(run_dir(d.state_dir), "proxy.pid"),
         },
     }
 
@@ -150,7 +150,7 @@ SERVICE_GRACE = {"ceph": 14.0}
 
 def services_dir(state_dir: str) -> str:
     """Where each supervised service's pid file is (``<name>.pid``): `esker stop` finds them there."""
-    return os.path.join(state_dir, "services")
+    return os.path.join(run_dir(state_dir), "services")
 
 
 def supervised(mapping: Mapping, d: Deployment) -> Mapping:

@@ -64,7 +64,13 @@ def proxy_command() -> list[str]:
 
 # Files of the hub's that JupyterHub and the proxy create with the process's umask: made (or tightened) 0600
 # first, so no other account opens them. SQLite gives its journal the mode of the database file.
-HUB_PRIVATE_FILES = ("jupyterhub.sqlite", "jupyterhub.sqlite-journal", "proxy.pid", "jupyterhub_cookie_secret")
+HUB_PRIVATE_FILES = ("jupyterhub.sqlite", "jupyterhub.sqlite-journal", "jupyterhub_cookie_secret")
+
+
+def run_dir(state_dir: str) -> str:
+    """Pid files (the hub's, the proxy's, each supervised service's): a 0700 folder, since JupyterHub
+    re-creates the proxy's pid file with the process's umask each time it restarts the proxy."""
+    return os.path.join(state_dir, "run")
 
 
 def private_state(state_dir: str) -> None:
@@ -72,6 +78,8 @@ def private_state(state_dir: str) -> None:
     and the hub's own files in it are 0600."""
     os.makedirs(state_dir, exist_ok=True)
     os.chmod(state_dir, os.stat(state_dir).st_mode & 0o755 & ~0o044)
+    os.makedirs(run_dir(state_dir), mode=0o700, exist_ok=True)
+    os.chmod(run_dir(state_dir), 0o700)
     for name in HUB_PRIVATE_FILES:
         path = os.path.join(state_dir, name)
         if name == "jupyterhub.sqlite" or os.path.exists(path):

@@ -2,11 +2,11 @@
 
 What is Esker's is found from the state directory only, never by a process's name:
 
-- the hub: ``jupyterhub.pid`` (a jupyterhub process);
+- the hub: ``run/jupyterhub.pid`` (a jupyterhub process);
 - its managed services: ``services/<name>.pid`` (esker.system.supervise: the supervisor, the group it leads,
   everything below it) and Ceph's daemons (``ceph/run/esker-<daemon>.pid``, pid + start time + program);
 - with ``everything``: the notebook servers (the pids and control groups in the hub's database) and the proxy
-  (``proxy.pid``);
+  (``run/proxy.pid``);
 - and anything else whose environment names this hub's API (``JUPYTERHUB_API_URL`` on this hub's port: services
   and servers of a hub that was killed, kernels) or, for a proxy, whose command line points at this hub's port.
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esker.app.configurer import services_dir
+from esker.app.deployment import run_dir
 from esker.objectstore.cephprocs import BINARIES, DAEMONS, Daemons
 from esker.system import procs, scratch
 
@@ -63,6 +64,7 @@ def _describe(pid: int) -> str:
 class Stopper:
     def __init__(self, state_dir: str | os.PathLike, hub_port: int | None = None, proxy_api_port: int | None = None):
         self.state = Path(state_dir)
+        self.run = Path(run_dir(state_dir))
         ports = _ports(self.state)
         self.hub_port = hub_port or ports.get("hub")
         self.proxy_api_port = proxy_api_port or ports.get("proxy_api")
@@ -92,7 +94,7 @@ class Stopper:
         """The proxy of ``proxy.pid`` and any other configurable-http-proxy that routes to this hub (one a hub
         restarted while it was being stopped)."""
         found = set()
-        pid = _pid_in(self.state / "proxy.pid")
+        pid = _pid_in(self.run / "proxy.pid")
         if pid and self._is_our_proxy(procs.cmdline(pid)):
             found.add(pid)
         if self.hub_port:
@@ -144,6 +146,9 @@ class Stopper:
                     found |= {pid} | procs.descendants(pid, table)
                     if table[pid][1] == pid:  # it leads its group (LocalProcessSpawner starts a session)
                         found |= procs.group_members(pid, table)
+            for spid in (state.get("spark") or {}).get("pids", []):  # the server's own Spark, with its executors
+                if spid in table and any(c in " ".join(procs.cmdline(spid)) for c in ("deploy.master", "deploy.worker")):
+                    found |= {spid} | procs.descendants(spid, table) | procs.group_members(spid, table)
             found |= cg
         return found & set(table)
 
@@ -164,7 +169,7 @@ class Stopper:
         self.out.left += [f"{what}: {_describe(p)}" for p in sorted(left)]
 
     def stop_hub(self, timeout: float) -> None:
-        pidfile = self.state / "jupyterhub.pid"
+        pidfile = self.run / "jupyterhub.pid"
         pid = _pid_in(pidfile)
         if not pid or not procs.alive(pid):
             pidfile.unlink(missing_ok=True)
@@ -210,7 +215,7 @@ class Stopper:
         self._terminate(servers, "notebook servers", grace)
         self._terminate(proxies, "the proxy", grace)
         if not self.proxies():
-            (self.state / "proxy.pid").unlink(missing_ok=True)
+            (self.run / "proxy.pid").unlink(missing_ok=True)
         self.unmount_scratch()
 
     def scratch_dirs(self) -> set[str]:
@@ -244,7 +249,7 @@ class Stopper:
 
     def verify(self, everything: bool) -> None:
         """What is still running, and which ports that Esker's processes held are still held."""
-        pid = _pid_in(self.state / "jupyterhub.pid")
+        pid = _pid_in(self.run / "jupyterhub.pid")
         if pid and procs.alive(pid) and not any(s.startswith("the hub") for s in self.out.left):
             self.out.left.append(f"the hub: {_describe(pid)}")
         services, servers = self.by_environment()

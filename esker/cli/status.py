@@ -104,7 +104,7 @@ def check_proxy(cfg, state_dir: str, url: str, timeout: float) -> dict:
                 out["detail"] += f", {out['routes']} routes"
         except Exception as e:  # noqa: BLE001
             out["detail"] += f" (proxy API: {_why(e)})"
-    pid = _pid_alive(Path(state_dir) / "proxy.pid")
+    pid = _pid_alive(Path(state_dir) / "run" / "proxy.pid")
     if pid:
         out["pid"] = pid
     return out

@@ -99,6 +99,9 @@ def daemon_env(spec: ClusterSpec, base_env: dict[str, str]) -> dict[str, str]:
         "SPARK_LOCAL_DIRS": f"{spec.base_dir}/local",
         "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
         "SPARK_DAEMON_JAVA_OPTS": DAEMON_JAVA_OPTS,
+        # The master's REST submission server (6066) knows no spark.authenticate: any account could submit
+        # to this master through it.
+        "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
     })
     jh = java_home()
     if jh:

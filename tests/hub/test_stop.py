@@ -61,7 +61,7 @@ def of_hub(h: RunningHub) -> dict[int, int]:
 def with_server_and_kernel(h: RunningHub, user: str = "stopper") -> dict[int, int]:
     hub = h.hub
     hub.ensure_user(user)
-    hub.spawn(user, {"profile": "minimal"})
+    hub.spawn(user, {"profile": "spark"})  # with the server's own Spark master and worker
     url = f"{h.url}/user/{user}/"
     r = requests.post(f"{url}api/kernels", headers={"Authorization": f"token {hub.user_token(user)}"}, json={},
                       timeout=60)
@@ -100,7 +100,7 @@ def test_teardown_leaves_no_process_and_no_port():
         h.start()
         before = with_server_and_kernel(h)
         ports = set(procs.listening_ports(before))
-        assert {h.cfg["hub"]["port"], hub_port(h), h.cfg["spark"]["master_port"]} <= ports
+        assert {h.cfg["hub"]["port"], hub_port(h)} <= ports
     except BaseException:
         h.teardown()
         raise
@@ -130,11 +130,11 @@ def test_esker_stop_stops_the_hub_and_its_services_then_all(tmp_path):
         still = {p for p, t in before.items() if procs.alive(p, t)}
         args = {p: " ".join(procs.cmdline(p)) for p in still}
         assert not [a for a in args.values() if any(w in a for w in (
-            "deploy.master", "deploy.worker", "idle_culler", "esker.courses.service", "sleep 600",
-            "esker.system.supervise"))], args
+            "idle_culler", "esker.courses.service", "sleep 600", "esker.system.supervise"))], args
         assert any("configurable-http-proxy" in a for a in args.values()), "the proxy survives a plain stop"
         assert any("jupyterhub-singleuser" in a for a in args.values()), "servers survive a plain stop"
-        assert not list(Path(h.state_dir, "services").glob("*.pid"))
+        assert any("deploy.master" in a for a in args.values()), "and so does each server's own Spark"
+        assert not list(Path(h.state_dir, "run", "services").glob("*.pid"))
 
         # `esker stop --all`: the servers, their kernels and the proxy too; nothing is left, and it says so.
         r = subprocess.run([ESKER, "stop", "--all"], env=env, capture_output=True, text=True, timeout=180)

@@ -64,7 +64,7 @@ def is_shared(p):
 
 files, dirs = set(), []
 for name in ("jupyterhub.sqlite", "jupyterhub.sqlite-journal", "courses.sqlite", "ledger.sqlite", "ports.json",
-             "proxy.pid", "secrets/cookie_secret", "secrets/proxy_auth_token", "secrets/shared-password",
+             "run/proxy.pid", "run/jupyterhub.pid", "hub.log", "secrets/cookie_secret", "secrets/proxy_auth_token", "secrets/shared-password",
              "secrets/admin-password", "secrets/storage", "esker.yaml"):
     files.add(os.path.join(state, name))
 for root, ds, fs in os.walk(state, onerror=lambda e: None):
@@ -136,8 +136,7 @@ def test_no_secret_in_argv_or_readable_files_and_hub_state_closed(running_hub, h
         assert r["driver_seen"] and r["cmdlines"] > 10, r  # he does see her driver's command line
         assert r["cmdline_hits"] == [], r
         assert r["secret_files"] == [], r
-        # Known and left (issue 11): JupyterHub rewrites proxy.pid with the process's umask (a pid, no secret).
-        assert [f for f in r["readable"] if not f.endswith("/proxy.pid")] == [], r
+        assert r["readable"] == [], r
         assert r["writable"] == [], r
     finally:
         for u in ("ten-alice", "ten-bob"):
@@ -209,6 +208,23 @@ def attack(_=None):
                 r["writable"].append(root)
             except OSError:
                 pass
+    # Listing is refused on the way (0711, 0700), so also try the paths he can guess or see in argv.
+    for f in T["files"]:
+        try:
+            data = open(f, "rb").read()
+        except OSError:
+            continue
+        r["readable"].append(f)
+        if any(s.encode() in data for s in T["secrets"]):
+            r["secret_files"].append(f)
+    for d in T["dirs"]:
+        r["dirs_tried"] += 1
+        try:
+            open(os.path.join(d, ".bob-was-here"), "x").close()
+            os.unlink(os.path.join(d, ".bob-was-here"))
+            r["writable"].append(d)
+        except OSError:
+            pass
     for name, url in T["urls"].items():
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
@@ -314,9 +330,23 @@ print("BUCKET", os.environ["ESKER_BUCKET"], os.environ["HOME"])
                         "worker_ui": f"http://127.0.0.1:{worker['webui_port']}/",
                         "executor_log": f"http://127.0.0.1:{worker['webui_port']}/logPage/?appId={app_id}"
                                         "&executorId=0&logType=stdout"}
-                for port in listening_ports(alice_uid):
+                for port in listening_ports(alice_uid) + [6066]:  # 6066: the master's REST submissions
                     urls[f"port_{port}"] = f"http://127.0.0.1:{port}/api/kernels"
-                targets = {"secrets": [s3_secret, rpc_secret, marker], "master": f"spark://127.0.0.1:{master['port']}",
+                    urls[f"rest_{port}"] = f"http://127.0.0.1:{port}/v1/submissions/status/driver-0"
+                # Every file and folder of hers and of the hub's (root's view), for him to try by name.
+                files, dirs = [], []
+                for top in (h.state_dir, scratch, home):
+                    for root, ds, fs in os.walk(top):
+                        if root.startswith(os.path.join(h.state_dir, "envs")):
+                            ds[:] = []
+                            continue
+                        if root.startswith(os.path.join(h.state_dir, "sp-bob")) or "sp-bob" in root:
+                            continue
+                        dirs.append(root)
+                        files += [os.path.join(root, f) for f in fs]
+                assert any(f.endswith("/stdout") and "/spark/work/" in f for f in files), files
+                targets = {"files": files, "dirs": dirs,
+                           "secrets": [s3_secret, rpc_secret, marker], "master": f"spark://127.0.0.1:{master['port']}",
                            "roots": [h.state_dir, os.path.dirname(scratch), home, scratch],
                            "shared": os.path.join(h.state_dir, "envs"), "urls": urls, "bucket": bucket}
                 bob = run_code(url(h, "sp-bob"), hub.user_token("sp-bob"),
@@ -334,12 +364,13 @@ print("BUCKET", os.environ["ESKER_BUCKET"], os.environ["HOME"])
         assert any("/spark/work/" in f for f in hits), hits
         for side in ("kernel", "executor"):
             a = r[side]
-            assert a["cmdlines"] > 10 and a["alice_master_seen"] and a["dirs_tried"] > 3, (side, a)  # he looked
+            assert a["cmdlines"] > 10 and a["alice_master_seen"] and a["dirs_tried"] > 10, (side, a)  # he looked
             assert a["cmdline_hits"] == [] and a["secret_files"] == [], (side, a)
-            assert [f for f in a["readable"] if not f.endswith("/proxy.pid")] == [], (side, a["readable"][:20])
+            assert a["readable"] == [], (side, a["readable"][:20])
             assert a["writable"] == [], (side, a["writable"])
             assert a["http"]["master_ui"] == a["http"]["worker_ui"] == a["http"]["executor_log"] == 403, (side, a)
             assert all(v != 200 for v in a["http"].values()), (side, a["http"])
+            assert a["http"]["rest_6066"] == "URLError", (side, a["http"])  # no REST submission server
             assert a["s3_list"] == a["s3_get"] == a["s3_put"] == "AccessDenied", (side, a)
         assert r["max_parallel_tasks"] <= h.cfg["spark"]["cores_per_user"], r  # cores.max=64 changed nothing
         for how in ("no_secret", "his_secret"):

@@ -107,7 +107,7 @@ def test_the_embedded_hub_supervises_every_managed_service():
     out = configurer.supervised({"JupyterHub": {"services": services}}, d)["JupyterHub"]["services"]
     ceph, culler, admin = out
     assert ceph["command"] == ["/venv/bin/python", "-m", "esker.system.supervise", "--name", "ceph", "--pid-file",
-                               "/var/lib/esker/services/ceph.pid", "--grace", "14.0", "--",
+                               "/var/lib/esker/run/services/ceph.pid", "--grace", "14.0", "--",
                                "py", "-m", "esker.objectstore.cephd", "run"]
     assert culler["command"][-3:] == ["py", "-m", "jupyterhub_idle_culler"] and "8.0" in culler["command"]
     assert admin == {"name": "esker-admin", "api_token": "t"}  # no process, nothing to supervise
