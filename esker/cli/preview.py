@@ -96,7 +96,9 @@ def make_spawner(user: str, groups=(), admin: bool = False, config_file: str | N
 
 
 async def kubernetes_manifests(user: str, groups=(), admin=False, config_file=None, user_options=None) -> list[dict]:
-    return await make_spawner(user, groups, admin, config_file, user_options).esker_manifests()
+    sp = make_spawner(user, groups, admin, config_file, user_options)
+    await sp.esker_offline_grants()  # a Spark server's own cluster keys: freshly made, as a start makes them
+    return await sp.esker_manifests()
 
 
 def embedded_plan(cfg: config.EskerConfig, user: str, groups=(), admin=False, user_options=None) -> dict:

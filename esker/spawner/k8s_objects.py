@@ -21,7 +21,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from esker.core.catalog import Catalog
+from esker.core.contributors import spark_conf_dir
 from esker.core.plan import LaunchPlan, Placement, Selection, Site, SparkSite
+from esker.units import parse_size, spark_size
 
 LABEL_PREFIX = "esker.io"
 SERVER_LABEL = f"{LABEL_PREFIX}/server"  # the notebook pod's name: unique per server, a valid label value
@@ -36,6 +38,13 @@ SPARK_DRIVER_PORT = 7078
 SPARK_BLOCK_MANAGER_PORT = 7079
 SPARK_UI_PORT = 4040
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# spark_mode standalone: each Spark server's pod runs its own master and worker (spark_sidecars), on the pod's
+# loopback. The pod's network namespace is its own, so these ports are nobody else's and reach nobody else.
+SPARK_MASTER_PORT = 7077
+SPARK_MASTER_UI_PORT = 8080
+SPARK_WORKER_UI_PORT = 8081
+OWN_SPARK_MASTER = f"spark://127.0.0.1:{SPARK_MASTER_PORT}"
 
 
 # -- names --------------------------------------------------------------------------------------------
@@ -155,6 +164,32 @@ def resources(plan: LaunchPlan, cfg: Mapping[str, Any]) -> dict[str, dict[str, s
         limits[cfg["gpus"]["resource_name"]] = str(plan.gpus)
     requests = {"cpu": limits["cpu"], "memory": limits["memory"]}
     return {"requests": requests, "limits": limits}
+
+
+def notebook_share(plan: LaunchPlan, cfg: Mapping[str, Any]) -> tuple[float, int]:
+    """CPU and memory of the notebook container: the profile's, less what the pod's Spark sidecars take
+    (:func:`spark_sidecar_resources`), so the pod as a whole holds exactly what the profile promises."""
+    cpu, memory = plan.cpu_limit, plan.mem_limit
+    sidecars = spark_sidecar_resources(plan, cfg)
+    if not sidecars:
+        return cpu, memory
+    cpu -= sum(c for c, _ in sidecars.values())
+    memory -= sum(m for _, m in sidecars.values())
+    spark = cfg["spark"]
+    driver = parse_size(spark["driver_memory"])
+    need_cpu, need_memory = NOTEBOOK_MIN_CPU, driver + _jvm_overhead(driver) + NOTEBOOK_MIN_MEMORY
+    if cpu < need_cpu - 1e-9 or memory < need_memory:
+        raise ValueError(
+            f"profile {plan.profile}: cpu_limit {plan.cpu_limit:g} and mem_limit {plan.mem_limit} cannot hold the "
+            f"server's own Spark master and worker ({_fmt_share(sidecars)}: spark.cores_per_user "
+            f"{spark['cores_per_user']}, spark.executor_memory {spark['executor_memory']}) and leave the notebook "
+            f"{need_cpu:g} CPU and {need_memory // 2**20}Mi (spark.driver_memory {spark['driver_memory']}); "
+            "raise the profile's limits or lower Spark's")
+    return round(cpu, 3), memory
+
+
+def _fmt_share(sidecars: Mapping[str, tuple[float, int]]) -> str:
+    return ", ".join(f"{n} {c:g} CPU {m // 2**20}Mi" for n, (c, m) in sidecars.items())
 
 
 def gpu_scheduling(plan: LaunchPlan, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,8 +359,18 @@ def kubernetes_placement(
 
 
 def spark_mode(cfg: Mapping[str, Any]) -> str | None:
-    """``kubernetes`` (executors are pods), ``standalone`` (the chart's master and workers), or None."""
+    """``kubernetes`` (executors are pods), ``standalone`` (a standalone master), or None."""
     return cfg["kubernetes"]["spark_mode"] if cfg["spark"]["enabled"] else None
+
+
+def own_spark_cluster(cfg: Mapping[str, Any]) -> bool:
+    """spark_mode standalone without an external ``spark.master_url``: each Spark server's pod runs its own
+    master and worker (:func:`spark_sidecars`), with its own secret (the ``spark`` grant)."""
+    return spark_mode(cfg) == "standalone" and not cfg["spark"]["master_url"]
+
+
+def has_own_spark_cluster(plan: LaunchPlan, cfg: Mapping[str, Any]) -> bool:
+    return own_spark_cluster(cfg) and "SPARK_MASTER" in plan.env
 
 
 def spark_k8s_conf(names: Names, image: str, cfg: Mapping[str, Any]) -> dict[str, str]:
@@ -359,11 +404,17 @@ def kubernetes_site(cfg: Mapping[str, Any], names: Names, image: str) -> Site:
         return Site(mode="kubernetes")
     spark = cfg["spark"]
     conf = {"spark.driver.port": str(SPARK_DRIVER_PORT), "spark.driver.blockManager.port": str(SPARK_BLOCK_MANAGER_PORT)}
+    driver_host = names.driver_host
     if mode == "kubernetes":
         master = K8S_SPARK_MASTER
         conf.update(spark_k8s_conf(names, image, cfg))
+    elif own_spark_cluster(cfg):
+        # The executors are the pod's own worker's: the driver listens on the pod's loopback only. (The
+        # grant names the same master; this is what a plan built without it, such as a preview, shows.)
+        master, driver_host = OWN_SPARK_MASTER, "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
     else:
-        master = spark["master_url"] or cfg["kubernetes"]["spark_master_service"]
+        master = spark["master_url"]  # an external cluster: its executors reach the driver's Service
     return Site(
         mode="kubernetes",
         spark=SparkSite(
@@ -371,7 +422,7 @@ def kubernetes_site(cfg: Mapping[str, Any], names: Names, image: str) -> Site:
             cores_per_user=spark["cores_per_user"],
             executor_memory=spark["executor_memory"],
             driver_memory=spark["driver_memory"],
-            driver_host=names.driver_host,
+            driver_host=driver_host,
             extra_conf=MappingProxyType(conf),
         ),
     )
@@ -446,9 +497,10 @@ def spark_role_binding(names: Names, labels: Mapping[str, str] = {}) -> dict:
 
 
 def spark_objects(plan: LaunchPlan, cfg: Mapping[str, Any], names: Names, labels: Mapping[str, str] = {}) -> list[dict]:
-    """What a server needs besides its pod, in creation order: the driver Service for any Spark profile,
-    and in ``spark_mode: kubernetes`` the ServiceAccount, Role and RoleBinding its session uses."""
-    if not ("SPARK_MASTER" in plan.env and spark_mode(cfg)):
+    """What a server needs besides its pod, in creation order: the driver Service when executors run outside
+    the pod (an external master, or ``spark_mode: kubernetes``), and in ``spark_mode: kubernetes`` the
+    ServiceAccount, Role and RoleBinding its session uses. A server with its own cluster needs none."""
+    if not ("SPARK_MASTER" in plan.env and spark_mode(cfg)) or own_spark_cluster(cfg):
         return []
     objs = []
     if spark_mode(cfg) == "kubernetes":
@@ -459,6 +511,110 @@ def spark_objects(plan: LaunchPlan, cfg: Mapping[str, Any], names: Names, labels
 def executor_selector(names: Names) -> str:
     """Label selector for this server's executor pods (``spark-role`` is set by Spark itself)."""
     return f"spark-role=executor,{SERVER_LABEL}={names.pod}"
+
+
+# -- a server's own Spark cluster (spark_mode standalone) ----------------------------------------------
+#
+# Spark standalone has one spark.authenticate secret per cluster: on a cluster shared by many users, whoever may
+# submit holds the key to everyone's drivers, executors and block managers, and every executor runs as the
+# worker's account. So each Spark server's pod runs a master and one worker of its own, as the notebook user,
+# inside the pod's limits, with the secret and UI key of the server's ``spark`` grant (in the pod's Secret, from
+# which the scratch init container writes $SPARK_CONF_DIR/spark-defaults.conf, which all three JVMs read).
+
+SPARK_MASTER_CONTAINER = "spark-master"
+SPARK_WORKER_CONTAINER = "spark-worker"
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+# Small daemon JVMs: about 180 MB RSS each with these (pyspark 4.3, Java 17).
+DAEMON_HEAP = "128m"
+DAEMON_JAVA_OPTS = ("-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xss512k -XX:ReservedCodeCacheSize=32m "
+                    "-XX:MaxMetaspaceSize=96m")
+DAEMON_MEMORY = 256 * 2**20  # a daemon's container: heap, metaspace, code cache, threads
+# The master only schedules; its JVM's start (about 2 CPU-seconds) is what a small share slows (docs/kubernetes.md).
+MASTER_CPU = 0.25
+# What the notebook container must keep besides the driver's JVM (Jupyter, the kernel).
+NOTEBOOK_MIN_CPU = 0.25
+NOTEBOOK_MIN_MEMORY = 256 * 2**20
+
+
+def _jvm_overhead(heap: int) -> int:
+    # Spark's own default for a JVM's memory beyond its heap (spark.executor.memoryOverhead): 10%, 384 MiB at least.
+    return max(384 * 2**20, heap // 10)
+
+
+def spark_sidecar_resources(plan: LaunchPlan, cfg: Mapping[str, Any]) -> dict[str, tuple[float, int]]:
+    """container -> (CPU, memory bytes) of the server's own master and worker; {} without them. The worker's
+    container also holds its executor (``spark.executor_memory`` of heap, its overhead and Python workers), so
+    the user's Spark work is bounded by that container's limits, and its CPU by ``spark.cores_per_user``."""
+    if not has_own_spark_cluster(plan, cfg):
+        return {}
+    spark = cfg["spark"]
+    executor = parse_size(spark["executor_memory"])
+    return {
+        SPARK_MASTER_CONTAINER: (MASTER_CPU, DAEMON_MEMORY),
+        SPARK_WORKER_CONTAINER: (float(spark["cores_per_user"]), DAEMON_MEMORY + executor + _jvm_overhead(executor)),
+    }
+
+
+def _port_open(port: int) -> dict:
+    # An exec probe, in the pod's network namespace: the daemons listen on its loopback, which the kubelet's
+    # tcpSocket probe (to the pod IP) cannot see.
+    return {"exec": {"command": ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]}}
+
+
+def spark_sidecars(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int) -> list[dict]:
+    """The server's own Spark master and worker as native sidecars (init containers with ``restartPolicy:
+    Always``), after the scratch init container (which writes their spark-defaults.conf): the master, whose
+    startupProbe holds back the next container until its port is open; then the worker, registered with it at
+    once; then the notebook. Same image and user as the notebook, loopback only, work, log and local dirs on
+    the scratch volume. [] for a server without its own cluster."""
+    share = spark_sidecar_resources(plan, cfg)
+    if not share:
+        return []
+    spark = cfg["spark"]
+    mount = {"name": SCRATCH_VOLUME, "mountPath": cfg["scratch"]["kubernetes"]["mount_path"]}
+    spark_dir = f"{plan.scratch_dir}/spark"
+    env = {
+        "SPARK_NO_DAEMONIZE": "1",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_CONF_DIR": plan.env.get("SPARK_CONF_DIR") or spark_conf_dir(Placement(scratch_dir=plan.scratch_dir)),
+        "SPARK_LOG_DIR": f"{spark_dir}/logs",
+        "SPARK_WORKER_DIR": f"{spark_dir}/work",
+        "SPARK_LOCAL_DIRS": f"{spark_dir}/local",
+        "SPARK_DAEMON_MEMORY": DAEMON_HEAP,
+        "SPARK_DAEMON_JAVA_OPTS": DAEMON_JAVA_OPTS,
+        "TMPDIR": plan.env.get("TMPDIR") or f"{plan.scratch_dir}/tmp",  # the executors' Python workers
+    }
+
+    def daemon(name: str, args: list[str]) -> dict:
+        cpu, memory = share[name]
+        amount = {"cpu": _cpu(cpu), "memory": str(memory)}
+        return {
+            "name": name,
+            "image": plan.image,
+            "imagePullPolicy": "IfNotPresent",
+            "restartPolicy": "Always",
+            # tini reaps what the worker's executors leave (their Python workers); spark-class execs the JVM.
+            "command": ["tini", "-g", "--", "spark-class", *(_template_escape(a) for a in args)],
+            "env": [{"name": k, "value": _template_escape(v)} for k, v in sorted(env.items())],
+            "workingDir": _template_escape(spark_dir),
+            "securityContext": {"runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": uid != 0,
+                                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            "resources": {"requests": dict(amount), "limits": dict(amount)},
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [mount],
+        }
+
+    master = daemon(SPARK_MASTER_CONTAINER, [MASTER_CLASS, "--host", "127.0.0.1", "--port", str(SPARK_MASTER_PORT),
+                                             "--webui-port", str(SPARK_MASTER_UI_PORT)])
+    # Started only once this passes, so the worker registers at its first try (a refused one waits 5-15 s).
+    master["startupProbe"] = {**_port_open(SPARK_MASTER_PORT), "periodSeconds": 1, "failureThreshold": 120,
+                              "timeoutSeconds": 2}
+    worker = daemon(SPARK_WORKER_CONTAINER, [
+        WORKER_CLASS, "--host", "127.0.0.1", "--cores", str(spark["cores_per_user"]),
+        "--memory", spark_size(spark["executor_memory"]), "--webui-port", str(SPARK_WORKER_UI_PORT),
+        OWN_SPARK_MASTER])
+    return [master, worker]
 
 
 # -- courses -------------------------------------------------------------------------------------------

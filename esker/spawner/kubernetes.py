@@ -13,8 +13,10 @@ forged profile, option, ``--unlisted-choice`` value or GPU count has nothing to 
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
+import secrets
 from typing import Any, Mapping
 
 from kubernetes_asyncio.client.rest import ApiException
@@ -22,7 +24,7 @@ from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from traitlets import Unicode, default
 
-from esker.core.plan import LaunchPlan, Selection, build_plan
+from esker.core.plan import LaunchPlan, Placement, Selection, build_plan, with_grants
 from esker.courses.model import Course, courses_for
 from esker.spawner import k8s_objects as ko
 from esker.spawner.base import EskerSpawner
@@ -64,19 +66,34 @@ async def delete_executors(api, names: ko.Names) -> None:
     await api.delete_collection_namespaced_pod(names.namespace, label_selector=ko.executor_selector(names))
 
 
+def own_cluster_grant() -> dict[str, str]:
+    """A server's own Spark cluster (the master and worker sidecars of its pod): fresh keys at every start.
+    ``ui_key`` is the JWSFilter's HMAC key: base64url without padding (with '+', '/' or '=' the daemons' web UIs
+    fail to bind)."""
+    return {
+        "master": ko.OWN_SPARK_MASTER,
+        "secret": secrets.token_urlsafe(32),
+        "ui_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="),
+    }
+
+
 class KubeSpark:
-    """Spark on Kubernetes: the driver's Service and RBAC are created with the pod (esker_objects); at stop,
-    or after a failed start, the executor pods and those objects go."""
+    """Spark on Kubernetes. spark_mode standalone: the ``spark`` grant for the pod's own master and worker
+    (which go with the pod; the grant reaches them through the server's Secret). Otherwise the driver's Service
+    and RBAC are created with the pod (esker_objects); at stop, or after a failed start, the executor pods and
+    those objects go."""
 
     name = "spark"
 
-    async def prepare(self, sp, sel: Selection, placement):
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        if sel.profile.spark and ko.own_spark_cluster(sp.esker_config.data):
+            return with_grants(placement, spark=own_cluster_grant())
         return placement
 
     async def release(self, sp) -> None:
         mode = ko.spark_mode(sp.esker_config.data)
-        if not mode:
-            return
+        if not mode or ko.own_spark_cluster(sp.esker_config.data):
+            return  # nothing beside the pod (its sidecars stop with it)
         names = sp.esker_names()
         if mode == "kubernetes":
             try:
@@ -93,13 +110,17 @@ class KubeSpark:
                     sp.log.warning("Could not delete %s %s: %s", kind, name, e.reason)
 
 
-class KubeObjectStorage(ObjectStorage):
-    """Object storage on Kubernetes: the user's S3 keys (and the Spark defaults file that carries them) are in a
-    per-server Secret, created with the pod's other objects (esker_objects, before the pod) and named by the
-    pod's secretKeyRef; it goes at stop and after a failed start. Identities and buckets outlive a server."""
+class KubeServerSecret:
+    """The server's Secret (``<pod>-env``): the S3 keys and the Spark defaults file (the S3A keys, the own
+    cluster's RPC secret and UI key), created with the pod's other objects (esker_objects, before the pod) and
+    named by the pod's secretKeyRef; it goes at stop and after a failed start."""
+
+    name = "server-secret"
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        return placement  # what it holds is the other services' grants
 
     async def release(self, sp) -> None:
-        await super().release(sp)
         name = sp.esker_names().env_secret
         try:
             await shared_client("CoreV1Api").delete_namespaced_secret(name, sp.namespace)
@@ -197,9 +218,12 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
         gpu = ko.gpu_scheduling(plan, cfg)
         extra = {k: v for k, v in ko.resources(plan, cfg)["limits"].items() if k not in ("cpu", "memory")}
 
+        spark_sidecars = ko.spark_sidecars(plan, cfg, uid, gid)
+        cpu, memory = ko.notebook_share(plan, cfg)  # the profile's, less the sidecars'
+
         self.image = plan.image
-        self.cpu_limit = self.cpu_guarantee = plan.cpu_limit
-        self.mem_limit = self.mem_guarantee = plan.mem_limit
+        self.cpu_limit = self.cpu_guarantee = cpu
+        self.mem_limit = self.mem_guarantee = memory
         self.environment = {**base["environment"], **ko.kubespawner_environment(plan, names)}
         self.extra_resource_limits = {**base["extra_resource_limits"], **extra}
         self.node_selector = {**base["node_selector"], **gpu["node_selector"]}
@@ -209,8 +233,10 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
                              ko.DATASETS_VOLUME)
         self.volume_mounts = _with(_with(base["volume_mounts"], [mount], ko.SCRATCH_VOLUME),
                                    course["volume_mounts"], ko.DATASETS_VOLUME)
-        self.init_containers = _with(_with(base["init_containers"], [scratch_init], ko.SCRATCH_VOLUME),
-                                     course["init_containers"], "esker-course")
+        # Scratch first (it writes the Spark defaults file), then the Spark sidecars (their JVMs start while the
+        # course content is merged), then the courses.
+        self.init_containers = _with(_with(_with(base["init_containers"], [scratch_init], ko.SCRATCH_VOLUME),
+                                           spark_sidecars, "esker-spark"), course["init_containers"], "esker-course")
         self.extra_labels = {**base["extra_labels"], **ko.server_labels(names)}
         if any(o["kind"] == "ServiceAccount" for o in ko.spark_objects(plan, cfg, names)):
             self.service_account = names.service_account
@@ -228,6 +254,13 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
         secret = ko.server_secret(plan, names, labels)
         return [*([secret] if secret else []), *ko.spark_objects(plan, self.esker_config.data, names, labels)]
 
+    async def esker_offline_grants(self) -> None:
+        """The grants a start makes that need no cluster (a server's own Spark cluster's keys, fresh ones), so
+        a preview shows the pod and Secret a start would create."""
+        sel = self.esker_select(self.user_options)
+        placement = ko.kubernetes_placement(sel, self.esker_config.data, self._esker_grants, home=self.course_home)
+        self._esker_grants = (await KubeSpark().prepare(self, sel, placement)).grants
+
     async def esker_manifests(self) -> list[dict]:
         """Everything a start would send to the API, as dicts, without sending it (``esker preview``)."""
         await self.load_user_options()
@@ -243,7 +276,7 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
 
     # Prepared in this order, released in the reverse one (esker.spawner.services); the pod carries scratch
     # (a volume and its init container) and GPUs (the device plugin's resource).
-    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeSpark(), KubeObjectStorage())
+    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeSpark(), ObjectStorage(), KubeServerSecret())
     _esker_grants: Mapping = {}
 
     async def esker_prepare(self, sel: Selection) -> None:

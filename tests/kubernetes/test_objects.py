@@ -110,12 +110,14 @@ EPHEMERAL = {"storage_class": "topolvm-nvme", "mount_path": "/scratch"}
 
 
 def scratch_pod(cfg, plan, uid=1000, gid=100):
-    """A notebook pod with the scratch volume and its init container, as the spawner assembles it."""
+    """A notebook pod with the scratch volume, its init container and (Spark) the sidecars, as the spawner
+    assembles it."""
     volume, mount = ko.scratch_volume(plan, cfg, NAMES)
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": NAMES.pod, "namespace": NAMES.namespace, "labels": ko.server_labels(NAMES)},
             "spec": {"securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": gid},
-                     "initContainers": [ko.scratch_init_container(plan, cfg, uid, gid)],
+                     "initContainers": [ko.scratch_init_container(plan, cfg, uid, gid),
+                                        *ko.spark_sidecars(plan, cfg, uid, gid)],
                      "containers": [{"name": "notebook", "image": plan.image, "env": ko.container_env(plan),
                                      "volumeMounts": [mount]}],
                      "volumes": [volume]}}
@@ -130,7 +132,8 @@ def test_scratch_init_container_is_valid_and_prepares_what_the_plan_points_at(sc
     pod = scratch_pod(cfg, plan)
     for version in ("1.32.0", kubernetes_validate.latest_version()):
         kubernetes_validate.validate(pod, version, strict=True)
-    (init,) = pod["spec"]["initContainers"]
+    init, *sidecars = pod["spec"]["initContainers"]
+    assert [c["name"] for c in sidecars] == ["spark-master", "spark-worker"]
     (mount,) = pod["spec"]["containers"][0]["volumeMounts"]
     assert init["volumeMounts"] == [mount]  # the same volume, at the same path
     assert init["image"] == plan.image  # pre-pulled on every node
@@ -268,17 +271,100 @@ def test_ephemeral_pvc_is_what_kubernetes_derives():
     assert pvc["spec"]["storageClassName"] == "local-nvme"
 
 
-def test_standalone_spark_on_kubernetes_uses_the_chart_master_and_a_driver_service():
+GRANT = {"master": ko.OWN_SPARK_MASTER, "secret": "rpc-s3cret-Alice", "ui_key": "ui-Key_alice-0123456789abcdef"}
+
+
+def own_plan(cfg, slug="spark", grant=GRANT, **opts):
+    sel = select(Catalog.from_config(cfg), GPU_USER, {"profile": slug, **opts})
+    placement = ko.kubernetes_placement(sel, cfg, {"spark": grant} if grant else None)
+    return build_plan(sel, placement, ko.kubernetes_site(cfg, NAMES, sel.image))
+
+
+def test_standalone_spark_is_a_cluster_of_the_pods_own_on_its_loopback():
     cfg = config()
-    plan = plan_for(cfg, "spark")
-    assert plan.env["SPARK_MASTER"] == "spark://esker-spark-master:7077"
+    plan = own_plan(cfg)
+    assert plan.env["SPARK_MASTER"] == "spark://127.0.0.1:7077" == ko.OWN_SPARK_MASTER
     args = plan.env["PYSPARK_SUBMIT_ARGS"]
-    assert "spark.driver.host=jupyter-alice-spark.esker.svc" in args
-    assert f"spark.driver.port={ko.SPARK_DRIVER_PORT}" in args
-    assert "spark.kubernetes" not in args
-    assert [o["kind"] for o in ko.spark_objects(plan, cfg, NAMES)] == ["Service"]
+    # The executors are the pod's own worker's: the driver listens on loopback only, and needs no Service.
+    assert "spark.driver.host=127.0.0.1" in args and "spark.driver.bindAddress=127.0.0.1" in args
+    assert "spark.cores.max" not in args and "spark.kubernetes" not in args  # the worker offers only the share
+    assert ko.spark_objects(plan, cfg, NAMES) == []
+    # The grant's keys reach Spark through spark-defaults.conf (the server's Secret), never the environment.
+    (path, text), = plan.files.items()
+    assert path == f"{plan.env['SPARK_CONF_DIR']}/spark-defaults.conf"
+    assert "spark.authenticate true\n" in text and f"spark.authenticate.secret {GRANT['secret']}\n" in text
+    assert f"spark.org.apache.spark.ui.JWSFilter.param.secretKey {GRANT['ui_key']}\n" in text
+    assert not any(GRANT["secret"] in v or GRANT["ui_key"] in v for v in plan.env.values())
+    assert ko.server_secret_data(plan) == {"ESKER_PRIVATE_FILE_0": text}
     # Profiles without Spark get nothing.
-    assert ko.spark_objects(plan_for(cfg, "minimal"), cfg, NAMES) == []
+    minimal = own_plan(cfg, "minimal")
+    assert ko.spark_objects(minimal, cfg, NAMES) == [] and ko.spark_sidecars(minimal, cfg, 1000, 100) == []
+
+
+def test_an_external_master_keeps_the_driver_service_and_gets_no_sidecars():
+    cfg = config(spark={"master_url": "spark://spark.example:7077"})
+    plan = own_plan(cfg, grant=None)
+    assert plan.env["SPARK_MASTER"] == "spark://spark.example:7077"
+    args = plan.env["PYSPARK_SUBMIT_ARGS"]
+    assert "spark.driver.host=jupyter-alice-spark.esker.svc" in args and "spark.cores.max=1" in args
+    assert f"spark.driver.port={ko.SPARK_DRIVER_PORT}" in args
+    assert [o["kind"] for o in ko.spark_objects(plan, cfg, NAMES)] == ["Service"]
+    assert ko.spark_sidecars(plan, cfg, 1000, 100) == [] and ko.spark_sidecar_resources(plan, cfg) == {}
+    assert ko.notebook_share(plan, cfg) == (plan.cpu_limit, plan.mem_limit)
+
+
+@pytest.mark.parametrize("scratch", ["hostPath", "ephemeral"])
+def test_spark_sidecars_are_the_users_own_master_and_worker(scratch):
+    cfg = config(scratch={"kubernetes": HOSTPATH if scratch == "hostPath" else EPHEMERAL},
+                 spark={"cores_per_user": 3, "executor_memory": "2G"})
+    plan = own_plan(cfg)
+    master, worker = ko.spark_sidecars(plan, cfg, 1234, 567)
+    assert [master["name"], worker["name"]] == ["spark-master", "spark-worker"]
+    for c in (master, worker):
+        assert c["restartPolicy"] == "Always"  # a native sidecar: runs beside the notebook, stops with the pod
+        assert c["image"] == plan.image and c["command"][:4] == ["tini", "-g", "--", "spark-class"]
+        sec = c["securityContext"]
+        assert (sec["runAsUser"], sec["runAsGroup"], sec["runAsNonRoot"]) == (1234, 567, True)
+        assert sec["allowPrivilegeEscalation"] is False and sec["capabilities"] == {"drop": ["ALL"]}
+        assert "ports" not in c  # loopback only: nothing to name, nothing a Service could select
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert all(set(e) == {"name", "value"} for e in c["env"])  # no secret among them
+        assert env["SPARK_CONF_DIR"] == plan.env["SPARK_CONF_DIR"]  # the file the scratch init container writes
+        assert env["SPARK_LOCAL_IP"] == "127.0.0.1" and env["SPARK_NO_DAEMONIZE"] == "1"
+        assert env["SPARK_DAEMON_MEMORY"] == "128m" and "-XX:+UseSerialGC" in env["SPARK_DAEMON_JAVA_OPTS"]
+        for var in ("SPARK_WORKER_DIR", "SPARK_LOG_DIR", "SPARK_LOCAL_DIRS", "TMPDIR"):
+            assert env[var].startswith(f"{plan.scratch_dir}/"), var  # the user's scratch, sized and wiped with it
+        assert c["volumeMounts"] == [ko.scratch_volume(plan, cfg, NAMES)[1]]
+        text = yaml.safe_dump(c)
+        assert GRANT["secret"] not in text and GRANT["ui_key"] not in text
+    assert master["command"][4:] == [ko.MASTER_CLASS, "--host", "127.0.0.1", "--port", "7077", "--webui-port", "8080"]
+    assert worker["command"][4:] == [ko.WORKER_CLASS, "--host", "127.0.0.1", "--cores", "3", "--memory", "2048m",
+                                     "--webui-port", "8081", "spark://127.0.0.1:7077"]
+    # The master holds back the worker (and the notebook) until its port is open on the pod's loopback.
+    assert master["startupProbe"]["exec"]["command"] == ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/7077"]
+    assert "startupProbe" not in worker
+
+
+def test_the_pod_holds_exactly_what_the_profile_promises():
+    cfg = config(spark={"cores_per_user": 1, "executor_memory": "1G", "driver_memory": "1G"})
+    plan = own_plan(cfg)  # spark: 2 CPUs, 4G
+    share = ko.spark_sidecar_resources(plan, cfg)
+    cpu, memory = ko.notebook_share(plan, cfg)
+    Mi = 2**20
+    assert share == {"spark-master": (0.25, 256 * Mi), "spark-worker": (1.0, (256 + 1024 + 384) * Mi)}
+    assert (cpu, memory) == (0.75, 4096 * Mi - 256 * Mi - 1664 * Mi)
+    assert cpu + sum(c for c, _ in share.values()) == plan.cpu_limit
+    assert memory + sum(m for _, m in share.values()) == plan.mem_limit
+    for c in ko.spark_sidecars(plan, cfg, 1000, 100):
+        assert c["resources"]["requests"] == c["resources"]["limits"] == {
+            "cpu": ko._cpu(share[c["name"]][0]), "memory": str(share[c["name"]][1])}
+    # A profile too small for its own cluster and a driver is refused, saying what does not fit.
+    small = config(spark={"cores_per_user": 2})
+    with pytest.raises(ValueError, match="profile spark: cpu_limit 2 .* spark.cores_per_user 2"):
+        ko.notebook_share(own_plan(small), small)
+    big = config(spark={"executor_memory": "3G"})
+    with pytest.raises(ValueError, match="mem_limit"):
+        ko.notebook_share(own_plan(big), big)
 
 
 def test_kubernetes_spark_mode_conf():

@@ -57,6 +57,16 @@ def manifests(config_file, user="alice", groups=("gpu-users",), admin=False, **o
     return asyncio.run(cli_preview.kubernetes_manifests(user, groups, admin, config_file, opts))
 
 
+def manifests_and_grants(config_file, user="alice", groups=("gpu-users",), **opts):
+    """What `esker preview` prints, and the grants it was built from (a Spark server's own cluster's keys)."""
+    async def run():
+        sp = spawner_for(config_file, user, groups, **opts)
+        await sp.esker_offline_grants()
+        return await sp.esker_manifests(), dict(sp._esker_grants)
+
+    return asyncio.run(run())
+
+
 def spawner_for(config_file, user="alice", groups=("gpu-users",), **opts):
     return cli_preview.make_spawner(user, groups, False, config_file, opts)
 
@@ -78,11 +88,25 @@ def pod_env(pod):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
 
 
-def expected_plan(config_file, opts, user="alice", groups=("gpu-users",), pod="jupyter-alice", slug="alice"):
+def expected_plan(config_file, opts, user="alice", groups=("gpu-users",), pod="jupyter-alice", slug="alice",
+                  grants=None):
     cfg = config.load(config_file).data
     sel = select(Catalog.from_config(cfg), UserInfo(user, frozenset(groups)), opts)
     names = ko.Names(cfg["kubernetes"]["namespace"], pod, slug)
-    return cfg, sel, build_plan(sel, ko.kubernetes_placement(sel, cfg), ko.kubernetes_site(cfg, names, sel.image))
+    return cfg, sel, build_plan(sel, ko.kubernetes_placement(sel, cfg, grants),
+                                ko.kubernetes_site(cfg, names, sel.image))
+
+
+def container_totals(pod):
+    """CPU and memory of the pod's long-running containers (the notebook and the native sidecars)."""
+    running = pod["spec"]["containers"] + [c for c in pod["spec"].get("initContainers") or []
+                                           if c.get("restartPolicy") == "Always"]
+    def cpu(q):
+        q = str(q)
+        return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+    return (sum(cpu(c["resources"]["limits"]["cpu"]) for c in running),
+            sum(int(c["resources"]["limits"]["memory"]) for c in running))
 
 
 @pytest.mark.parametrize("variant", CONFIGS)
@@ -91,11 +115,11 @@ def test_every_profile_and_choice_gives_valid_manifests_with_the_plan_env(tmp_pa
     catalog = Catalog.from_config(config.load(config_file))
     seen = 0
     for opts in combinations(catalog):
-        docs = manifests(config_file, **opts)
+        docs, grants = manifests_and_grants(config_file, **opts)
         for doc in docs:
             strict(doc)
         pod = docs[0]
-        cfg, sel, plan = expected_plan(config_file, opts)
+        cfg, sel, plan = expected_plan(config_file, opts, grants=grants)
         # Golden: what the container is given is exactly build_plan's env, plus JupyterHub's own.
         env = pod_env(pod)
         assert {k: v for k, v in env.items() if not HUB_OWNED.match(k)} == dict(plan.env), opts
@@ -103,8 +127,11 @@ def test_every_profile_and_choice_gives_valid_manifests_with_the_plan_env(tmp_pa
         # Resources, GPUs and scheduling.
         res = pod["spec"]["containers"][0]["resources"]
         want = ko.resources(plan, cfg)
-        assert float(res["limits"]["cpu"]) == float(want["limits"]["cpu"])
-        assert int(res["limits"]["memory"]) == int(want["limits"]["memory"]) == sel.mem_limit
+        # The notebook and its Spark sidecars together hold exactly the profile's CPU and memory.
+        assert container_totals(pod) == (float(want["limits"]["cpu"]), int(want["limits"]["memory"])) == \
+            (sel.cpu_limit, sel.mem_limit)
+        assert (float(res["limits"]["cpu"]), int(res["limits"]["memory"])) == ko.notebook_share(plan, cfg)
+        assert {k: res["requests"][k] for k in ("cpu", "memory")} == {k: res["limits"][k] for k in ("cpu", "memory")}
         assert res["limits"].get("nvidia.com/gpu") == (str(sel.gpus) if sel.gpus else None)
         assert pod["spec"].get("nodeSelector") == (ko.gpu_scheduling(plan, cfg)["node_selector"] or None)
         assert (pod["spec"].get("tolerations") or []) == ko.gpu_scheduling(plan, cfg)["tolerations"]
@@ -117,10 +144,16 @@ def test_every_profile_and_choice_gives_valid_manifests_with_the_plan_env(tmp_pa
         (vol,) = [v for v in pod["spec"]["volumes"] if v["name"] == ko.SCRATCH_VOLUME]
         (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == ko.SCRATCH_VOLUME]
         assert mount["mountPath"] == env["SCRATCH_DIR"] == "/scratch"
-        assert pod["spec"]["initContainers"][0] == ko.scratch_init_container(plan, cfg, 1000, 100)
+        inits = pod["spec"]["initContainers"]
+        assert inits[0] == ko.scratch_init_container(plan, cfg, 1000, 100, ko.Names("esker" if variant == "shipped"
+                                                                                    else "hub", "jupyter-alice", "alice"))
+        sidecars = [c for c in inits if c.get("restartPolicy") == "Always"]
         if variant == "shipped":
             assert vol["hostPath"] == {"path": "/mnt/esker-scratch/alice", "type": "DirectoryOrCreate"}
-            assert [d["kind"] for d in docs[1:]] == (["Service"] if sel.profile.spark else [])
+            # A Spark server's own master and worker; its Secret carries their keys; no Service, no RBAC.
+            assert [d["kind"] for d in docs[1:]] == (["Secret"] if sel.profile.spark else [])
+            assert [c["name"] for c in sidecars] == (["spark-master", "spark-worker"] if sel.profile.spark else [])
+            assert sidecars == ko.spark_sidecars(plan, cfg, 1000, 100)
         else:
             spec = vol["ephemeral"]["volumeClaimTemplate"]["spec"]
             assert spec["storageClassName"] == "topolvm-nvme"
@@ -130,6 +163,7 @@ def test_every_profile_and_choice_gives_valid_manifests_with_the_plan_env(tmp_pa
                 ["ServiceAccount", "Role", "RoleBinding", "Service"] if sel.profile.spark else [])
             assert pod["metadata"]["namespace"] == "hub"
             assert (pod["spec"].get("serviceAccountName") is not None) == sel.profile.spark
+            assert sidecars == [] and "spark" not in grants  # executors are pods of their own
         seen += 1
     assert seen == 6  # spark, tensorflow x3, scikit-learn, minimal
 
