@@ -110,17 +110,15 @@ class KubeSpark:
                     sp.log.warning("Could not delete %s %s: %s", kind, name, e.reason)
 
 
-class KubeServerSecret:
-    """The server's Secret (``<pod>-env``): the S3 keys and the Spark defaults file (the S3A keys, the own
-    cluster's RPC secret and UI key), created with the pod's other objects (esker_objects, before the pod) and
-    named by the pod's secretKeyRef; it goes at stop and after a failed start."""
-
-    name = "server-secret"
-
-    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
-        return placement  # what it holds is the other services' grants
+class KubeObjectStorage(ObjectStorage):
+    """Object storage on Kubernetes. The server's Secret (``<pod>-env``) goes here, at stop and after a failed
+    start: the user's S3 keys and the Spark defaults file (the S3A keys, and a server's own Spark cluster's RPC
+    secret and UI key), created with the pod's other objects (esker_objects, before the pod) and named by the
+    pod's secretKeyRef. Released first (storage is prepared last), whether or not storage is enabled.
+    Identities and buckets outlive a server."""
 
     async def release(self, sp) -> None:
+        await super().release(sp)
         name = sp.esker_names().env_secret
         try:
             await shared_client("CoreV1Api").delete_namespaced_secret(name, sp.namespace)
@@ -276,7 +274,7 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
 
     # Prepared in this order, released in the reverse one (esker.spawner.services); the pod carries scratch
     # (a volume and its init container) and GPUs (the device plugin's resource).
-    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeSpark(), ObjectStorage(), KubeServerSecret())
+    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeSpark(), KubeObjectStorage())
     _esker_grants: Mapping = {}
 
     async def esker_prepare(self, sel: Selection) -> None:

@@ -37,6 +37,9 @@ SPARK_PLACED = re.compile(r"^spark\.(driver\.(host|bindAddress|port|blockManager
 STORAGE = {"endpoint": "http://rgw.example:80", "access_key": "AKALICE", "secret_key": "s3cr3t/+x",
            "bucket": "esker-alice", "region": "us-east-1", "datasets": "weather=s3://esker-data/weather/"}
 STATE_DIR = "/var/lib/esker"
+# A server's own Spark cluster (each mode starts one per Spark server: the embedded backend as processes of the
+# user's, the Kubernetes one as the pod's sidecars): where its master is differs, its keys reach Spark alike.
+SPARK = {"master": "spark://127.0.0.1:7077", "secret": "rpc-S3cret_alice", "ui_key": "uiKey-alice_0123456789"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -114,7 +117,7 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
     cfg = config.load(config_file)
     catalog = Catalog.from_config(cfg)
     who = UserInfo(user, frozenset(groups))
-    grants = {"storage": STORAGE, "courses": course_grant(courses_from_config(cfg), who)}
+    grants = {"storage": STORAGE, "courses": course_grant(courses_from_config(cfg), who), "spark": SPARK}
     assert grants["courses"]["names"] == "intro-ml"  # the course variables are part of what is compared
     seen = 0
     for opts in combinations(catalog):
@@ -139,6 +142,7 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
         # ... but on Kubernetes from the server's Secret: no key in the pod spec's plain values.
         plain = yaml.safe_dump({k: v for k, v in manifest.items() if k != "secrets"})
         assert STORAGE["secret_key"] not in plain and STORAGE["access_key"] not in plain, opts
+        assert SPARK["secret"] not in plain and SPARK["ui_key"] not in plain, opts
         if sel.profile.spark:
             e, k = spark_conf(emb["PYSPARK_SUBMIT_ARGS"]), spark_conf(k8s["PYSPARK_SUBMIT_ARGS"])
             assert e["spark.master"] == emb["SPARK_MASTER"] and k["spark.master"] == k8s["SPARK_MASTER"]
@@ -158,12 +162,24 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
             assert list(emb_files) == [f"{emb['SPARK_CONF_DIR']}/spark-defaults.conf"]
             assert list(k_files) == [f"{k8s['SPARK_CONF_DIR']}/spark-defaults.conf"]
             assert list(emb_files.values()) == list(k_files.values()) == [
+                "spark.authenticate true\n"
+                f"spark.authenticate.secret {SPARK['secret']}\n"
+                "spark.ui.filters org.apache.spark.ui.JWSFilter\n"
+                f"spark.org.apache.spark.ui.JWSFilter.param.secretKey {SPARK['ui_key']}\n"
                 f"spark.hadoop.fs.s3a.access.key {STORAGE['access_key']}\n"
                 f"spark.hadoop.fs.s3a.secret.key {STORAGE['secret_key']}\n"]
+            # The server's own cluster decides the share (its worker offers only the user's cores), in both modes.
+            assert "spark.cores.max" not in e and "spark.cores.max" not in k
+            assert emb["SPARK_MASTER"] == k8s["SPARK_MASTER"] == SPARK["master"]
             # The pod writes it from its init container's environment, never from its arguments.
             init = next(c for c in manifest["spec"]["initContainers"] if c["name"] == "esker-scratch")
             assert STORAGE["secret_key"] not in " ".join(init["command"] + init.get("args", []))
             assert list(resolve(init["env"], manifest["secrets"]).values()) == list(k_files.values())
+            # ...which the pod's own master and worker read too: the same SPARK_CONF_DIR, after that init container.
+            names = [c["name"] for c in manifest["spec"]["initContainers"]]
+            assert names[names.index("esker-scratch") + 1:][:2] == ["spark-master", "spark-worker"]
+            for c in manifest["spec"]["initContainers"][names.index("esker-scratch") + 1:][:2]:
+                assert {e["name"]: e["value"] for e in c["env"]}["SPARK_CONF_DIR"] == k8s["SPARK_CONF_DIR"]
         else:
             assert not emb_files and "SPARK_CONF_DIR" not in emb
         seen += 1

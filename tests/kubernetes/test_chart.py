@@ -3,6 +3,7 @@ Zero to JupyterHub checked against z2jh's own schema."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from importlib.metadata import entry_points
@@ -64,8 +65,8 @@ def by(docs, kind, name=None):
 
 
 def rendered_config(docs):
-    (cm,) = by(docs, "ConfigMap", "esker-config")
-    return yaml.safe_load(cm["data"]["esker.yaml"])
+    (secret,) = by(docs, "Secret", "esker-config")
+    return yaml.safe_load(base64.b64decode(secret["data"]["esker.yaml"]))
 
 
 def test_lint_is_clean_but_for_the_missing_dependency():
@@ -89,12 +90,12 @@ def test_every_rendered_object_is_valid(values):
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
     kinds = sorted(d["kind"] for d in docs)
+    # No Spark workload of the chart's: in standalone mode each Spark server's pod has its own master and worker.
     if values is OFFLINE:
-        assert kinds == ["ConfigMap", "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy",
-                         "NetworkPolicy", "PriorityClass", "Secret", "Service"]
+        assert kinds == ["NetworkPolicy", "PriorityClass", "Secret", "Secret"]
     else:
-        assert kinds == ["ConfigMap", "ConfigMap", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
-                         "PriorityClass", "Role", "RoleBinding", "Secret", "ServiceMonitor"]
+        assert kinds == ["ConfigMap", "NetworkPolicy", "NetworkPolicy", "PriorityClass", "Role", "RoleBinding",
+                         "Secret", "Secret", "ServiceMonitor"]
 
 
 def test_seat_placeholder_priority_class_is_below_user_pods_and_named_as_the_service_expects():
@@ -153,33 +154,97 @@ def _selects_singleuser(peer):
     return labels.get("component") == "singleuser-server" or peer.get("podSelector") == {} or "ipBlock" in peer
 
 
-@pytest.mark.parametrize("values", [OFFLINE, EVERYTHING], ids=["defaults", "everything"])
+EXTERNAL_SPARK = {"esker": {"config": {"spark": {"master_url": "spark://spark.example:7077"}},
+                            "networkPolicy": {"externalSpark": {"peers": [{"ipBlock": {"cidr": "10.30.0.0/24"}}]}}}}
+
+
+@pytest.mark.parametrize("values", [OFFLINE, EVERYTHING, merge(OFFLINE, EXTERNAL_SPARK)],
+                         ids=["defaults", "everything", "external-master"])
 def test_network_policies_keep_user_pods_apart(values):
     docs = render(values)
+    mode = "kubernetes" if values is EVERYTHING else "standalone"
     (user,) = by(docs, "NetworkPolicy", "esker-singleuser")
     assert user["spec"]["podSelector"]["matchLabels"] == {"app": "jupyterhub", "component": "singleuser-server"}
     for rule in user["spec"]["egress"]:
         for peer in rule["to"]:
             if "ipBlock" in peer:
-                assert values is EVERYTHING and peer["ipBlock"]["cidr"] == "10.96.0.1/32"
+                assert peer["ipBlock"]["cidr"] in ("10.96.0.1/32", "10.30.0.0/24")  # the API server, the external cluster
                 continue
             assert not _selects_singleuser(peer), peer
-    for rule in user["spec"]["ingress"]:
-        assert not any(_selects_singleuser(p) for p in rule["from"])
+    ingress = user["spec"]["ingress"]
+    for rule in ingress:
+        assert not any(_selects_singleuser(p) and "ipBlock" not in p for p in rule["from"])
         assert sorted(p["port"] for p in rule["ports"]) == [ko.SPARK_DRIVER_PORT, ko.SPARK_BLOCK_MANAGER_PORT]
+    if values is OFFLINE:
+        assert ingress == []  # a server's own Spark is inside its pod: nothing comes in for it
     egress = [p for rule in user["spec"]["egress"] for p in rule["to"]]
     assert {"app": "jupyterhub", "component": "hub"} in [p.get("podSelector", {}).get("matchLabels") for p in egress]
     assert any(p.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"} for p in egress)
     if values is EVERYTHING:
         assert any(p.get("podSelector", {}).get("matchLabels") == {"app": "rook-ceph-rgw"} for p in egress)
-    for np in by(docs, "NetworkPolicy"):
-        if np["metadata"]["name"] == "esker-singleuser":
-            continue
+    others = [np for np in by(docs, "NetworkPolicy") if np["metadata"]["name"] != "esker-singleuser"]
+    assert [np["metadata"]["name"] for np in others] == (["esker-spark-executors"] if mode == "kubernetes" else [])
+    for np in others:
         to_users = [r for r in np["spec"]["egress"] if any(_selects_singleuser(p) for p in r["to"])]
         assert [sorted(p["port"] for p in r["ports"]) for r in to_users] == [[ko.SPARK_DRIVER_PORT, ko.SPARK_BLOCK_MANAGER_PORT]]
 
 
-def test_config_map_is_a_valid_esker_config_with_the_shipped_catalog():
+def _admitted_ports(docs, pod):
+    """Ports of ``pod`` that some NetworkPolicy of ``docs`` selecting it admits from another pod (None: all)."""
+    labels = pod["metadata"]["labels"]
+    ports = set()
+    for np in by(docs, "NetworkPolicy"):
+        if not np["spec"]["podSelector"]["matchLabels"].items() <= labels.items():
+            continue
+        for rule in np["spec"].get("ingress") or []:
+            if "ports" not in rule:
+                return None
+            ports |= {p["port"] for p in rule["ports"]}
+    return ports
+
+
+def test_a_servers_own_spark_is_reached_by_no_service_and_no_policy(tmp_path):
+    """The chart's configuration, through the spawner: a Spark server's pod has its master and worker as
+    sidecars, no Service selects it, and no NetworkPolicy (the chart's; z2jh's admits the notebook port only)
+    admits another pod to the Spark ports, the driver's included. They listen on loopback besides."""
+    import asyncio
+
+    from esker.cli import preview as cli_preview
+
+    docs = render()
+    (path := tmp_path / "esker.yaml").write_text(yaml.safe_dump(rendered_config(docs)))
+    with cli_preview.offline_kubeconfig():
+        pod, *objects = asyncio.run(cli_preview.kubernetes_manifests("alice", (), False, str(path), {"profile": "spark"}))
+    sidecars = [c for c in pod["spec"]["initContainers"] if c.get("restartPolicy") == "Always"]
+    assert [c["name"] for c in sidecars] == ["spark-master", "spark-worker"]
+    assert [o["kind"] for o in objects] == ["Secret"]  # no Service of the server's
+    assert not [d for d in docs if d["kind"] == "Service"]  # nor of the chart's
+    assert _admitted_ports(docs, pod) == set()  # not 7077, 8080, 8081 (master, UIs), 7078-7079, 4040 (driver)
+    for c in sidecars:
+        assert "ports" not in c and c["command"][c["command"].index("--host") + 1] == "127.0.0.1"
+    # The external master's cluster may reach the driver's ports, and only those.
+    external = render(merge(OFFLINE, EXTERNAL_SPARK))
+    assert _admitted_ports(external, pod) == {ko.SPARK_DRIVER_PORT, ko.SPARK_BLOCK_MANAGER_PORT}
+
+
+def test_the_shipped_profiles_fit_their_own_spark_cluster():
+    cfg = validate(rendered_config(render())).data
+    assert not cfg["spark"]["master_url"] and cfg["kubernetes"]["spark_mode"] == "standalone"
+    catalog = Catalog.from_config(cfg)
+    for profile in catalog.profiles:
+        if not profile.spark:
+            continue
+        from esker.core.catalog import UserInfo
+        from esker.core.plan import build_plan, select
+
+        sel = select(catalog, UserInfo("alice", frozenset()), {"profile": profile.slug})
+        names = ko.Names("hub", "jupyter-alice", "alice")
+        plan = build_plan(sel, ko.kubernetes_placement(sel, cfg), ko.kubernetes_site(cfg, names, sel.image))
+        cpu, memory = ko.notebook_share(plan, cfg)  # raises when the sidecars do not fit
+        assert cpu >= ko.NOTEBOOK_MIN_CPU and memory > 0
+
+
+def test_config_is_a_valid_esker_config_with_the_shipped_catalog():
     cfg = rendered_config(render())
     filled = validate(cfg, "chart").data
     assert filled["kubernetes"]["namespace"] == "hub"  # the release's namespace by default
@@ -230,22 +295,6 @@ def test_network_policies_let_the_proxy_reach_the_courses_service_in_the_hub_pod
             merge(merge(defaults, VALUES["jupyterhub"]), {"hub": {"networkPolicy": {"ingres": []}}}))
 
 
-def test_spark_master_and_workers_match_the_config():
-    docs = render()
-    cfg = validate(rendered_config(docs)).data
-    (svc,) = by(docs, "Service", "esker-spark-master")
-    assert cfg["kubernetes"]["spark_master_service"] == f"spark://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
-    (worker,) = by(docs, "Deployment", "esker-spark-worker")
-    (container,) = worker["spec"]["template"]["spec"]["containers"]
-    assert container["args"][-1] == cfg["kubernetes"]["spark_master_service"]
-    spark_profile = next(p for p in cfg["profiles"] if p["spark"])
-    assert container["image"] == spark_profile["image"]  # executors run the notebooks' Python code
-    assert by(docs, "Deployment", "esker-spark-master")[0]["spec"]["selector"]["matchLabels"].items() <= \
-        by(docs, "Deployment", "esker-spark-master")[0]["spec"]["template"]["metadata"]["labels"].items()
-    assert svc["spec"]["selector"].items() <= \
-        by(docs, "Deployment", "esker-spark-master")[0]["spec"]["template"]["metadata"]["labels"].items()
-
-
 def test_prepuller_images_are_derived_from_the_catalog():
     cfg = validate(VALUES["esker"]["config"]).data
     assert VALUES["jupyterhub"]["prePuller"]["extraImages"] == ko.prepuller_extra_images(Catalog.from_config(cfg)), (
@@ -260,7 +309,9 @@ def test_values_schema_is_strict_and_names_the_config_sections():
     chart = helm.Chart.load(str(CHART))
     chart.validate_schema(VALUES)
     for typo in ({"esker": {"sparkk": {}}}, {"esker": {"config": {"profile": []}}},
-                 {"esker": {"spark": {"worker": {"replica": 3}}}}, {"esker": {"networkPolicy": {"enabled": "yes"}}}):
+                 {"esker": {"networkPolicy": {"externalSpark": {"peer": []}}}},
+                 {"esker": {"spark": {"worker": {"replicas": 3}}}},  # the shared cluster's values are gone
+                 {"esker": {"networkPolicy": {"enabled": "yes"}}}):
         with pytest.raises(helm.HelmValuesError):
             chart.validate_schema(merge(VALUES, typo))
         with pytest.raises(helm.HelmValuesError):
@@ -280,5 +331,5 @@ def test_z2jh_values_are_valid_for_the_jupyterhub_chart():
     assert ep.load().__name__ == "EskerKubeSpawner"
     (vol,) = hub["extraVolumes"]
     (mount,) = hub["extraVolumeMounts"]
-    assert vol["configMap"]["name"] == by(render(), "ConfigMap")[0]["metadata"]["name"] == "esker-config"
+    assert vol["secret"]["secretName"] == "esker-config" and by(render(), "Secret", "esker-config")
     assert mount["name"] == vol["name"] and hub["extraEnv"]["ESKER_CONFIG"] == f"{mount['mountPath']}/esker.yaml"

@@ -131,3 +131,41 @@ def test_z2jh_singleuser_policy_admits_no_private_peer():
     to_hub = [r for r in user["spec"]["egress"] for p in r["to"]
               if p.get("podSelector", {}).get("matchLabels", {}).get("component") in ("hub", "proxy")]
     assert [[p["port"] for p in r["ports"]] for r in to_hub] == [[8081]]
+
+
+def test_secrets_of_the_esker_config_are_in_a_secret_never_in_a_config_map():
+    """esker.config may hold secrets: OAuth's client_secret, the RGW admin keys, a course password, a git URL with
+    a token. The chart hands the whole file to the hub as the Secret esker-config (mounted by hub.extraVolumes);
+    no ConfigMap, no other object, carries any of them."""
+    marks = {"oauth": "oauth-Cl13nt-S3cret", "rgw": "rgw-Adm1n-S3cret", "course": "c0urse-Passw0rd",
+             "git": "ghp_t0ken"}
+    values = merge(OFFLINE, {"esker": {"config": {
+        "auth": merge(OAUTH, {"oauth": {"client_secret": marks["oauth"]}}),
+        "storage": {"enabled": True, "endpoint": "http://rgw.example", "admin_access_key": "ADMIN",
+                    "admin_secret_key": marks["rgw"]},
+        "courses": [{"name": "intro", "group": "intro", "password": marks["course"],
+                     "content": {"git": f"https://x:{marks['git']}@git.example/intro.git"}}]}}})
+    docs = render(values)
+    plain = yaml.safe_dump_all(d for d in docs if d["kind"] != "Secret")
+    for mark in marks.values():
+        assert mark not in plain
+    (secret,) = by(docs, "Secret", "esker-config")
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(secret, version, strict=True)
+    text = base64.b64decode(secret["data"]["esker.yaml"]).decode()
+    assert all(mark in text for mark in marks.values())
+    cfg = yaml.safe_load(text)
+    assert cfg["auth"]["oauth"]["client_secret"] == marks["oauth"] and cfg["hub"]["mode"] == "kubernetes"
+    assert not by(docs, "ConfigMap", "esker-config")
+    # The hub mounts that Secret where ESKER_CONFIG points, and applies the client secret from it.
+    hub = VALUES["jupyterhub"]["hub"]
+    (vol,) = [v for v in hub["extraVolumes"] if v["name"] == "esker-config"]
+    assert vol == {"name": "esker-config", "secret": {"secretName": "esker-config"}}
+    (mount,) = [m for m in hub["extraVolumeMounts"] if m["name"] == "esker-config"]
+    assert hub["extraEnv"]["ESKER_CONFIG"] == f"{mount['mountPath']}/esker.yaml"
+    assert _z2jh(VALUES["jupyterhub"])["hub"]["extraVolumes"] == hub["extraVolumes"]
+
+
+def test_the_hub_takes_the_oauth_client_secret_from_the_config_secret(tmp_path):
+    c = _hub_config(tmp_path, merge(OAUTH, {"oauth": {"client_secret": "oauth-Cl13nt-S3cret"}}))
+    assert c.GenericOAuthenticator.client_secret == "oauth-Cl13nt-S3cret"

@@ -479,3 +479,78 @@ def test_hostpath_scratch_says_once_that_it_has_no_quota(tmp_path):
     assert len(hostpath) == 1 and "storage_class is null" in hostpath[0], hostpath
     sized = write_config(tmp_path, "nvme.yaml", scratch={"kubernetes": {"storage_class": "topolvm-nvme"}})
     assert warnings_for(sized, 2) == []
+
+
+def test_a_spark_server_starts_its_own_cluster_with_keys_of_its_own(tmp_path, monkeypatch):
+    """spark_mode standalone, through the spawner's real start: each start makes a fresh RPC secret and UI key,
+    they reach the master, worker and driver only through the server's Secret (spark-defaults.conf, written by
+    the scratch init container), the sidecars run as the notebook's uid, and nothing is created besides the
+    Secret (no Service: nothing outside the pod talks to this Spark)."""
+    config_file = write_config(tmp_path, kubernetes={"namespace": "hub"})
+    created, pods, calls = [], [], []
+
+    class Recorder:
+        def __getattr__(self, name):
+            async def call(*a, **kw):
+                calls.append(name)
+                if name.startswith("create_namespaced_"):
+                    created.append(a[1])
+            return call
+
+    async def pod_start(self):
+        pods.append(self.api.api_client.sanitize_for_serialization(await self.get_pod_manifest()))
+        return "http://pod:8888"
+
+    async def pod_stop(self, now=False):
+        calls.append("KubeSpawner.stop")
+
+    monkeypatch.setattr(kube, "shared_client", lambda *a, **kw: Recorder())
+    monkeypatch.setattr(KubeSpawner, "_start", pod_start)
+    monkeypatch.setattr(KubeSpawner, "stop", pod_stop)
+
+    async def run(user, uid, gid):
+        sp = cli_preview.make_spawner(user, (), False, config_file, {"profile": "spark"}, uid=uid, gid=gid)
+        sp.apply_user_options(sp, sp.user_options)
+        await sp.start()
+        await sp.stop()
+
+    asyncio.run(run("alice", 1000, 100))
+    asyncio.run(run("bob", 1234, 567))
+    assert [o["kind"] for o in created] == ["Secret", "Secret"]
+    assert "delete_namespaced_service" not in calls and "delete_namespaced_role" not in calls
+    confs = []
+    for secret, pod, uid, gid in zip(created, pods, (1000, 1234), (100, 567)):
+        strict(secret)
+        strict(pod | {"apiVersion": "v1", "kind": "Pod"})
+        (conf,) = (base64.b64decode(v).decode() for v in secret["data"].values())
+        lines = dict(line.split(" ", 1) for line in conf.splitlines())
+        assert lines["spark.authenticate"] == "true" and len(lines["spark.authenticate.secret"]) >= 43
+        assert lines["spark.ui.filters"] == "org.apache.spark.ui.JWSFilter"
+        key = lines["spark.org.apache.spark.ui.JWSFilter.param.secretKey"]
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", key)  # 32 bytes, base64url without padding: what JWSFilter takes
+        confs.append(lines)
+        # No secret in any container's plain env, args or probes: only the scratch init container reads it, by
+        # secretKeyRef, and writes it where SPARK_CONF_DIR points the notebook and both sidecars.
+        text = yaml.safe_dump(pod)
+        assert lines["spark.authenticate.secret"] not in text and key not in text
+        notebook = pod["spec"]["containers"][0]
+        init, master, worker = pod["spec"]["initContainers"]
+        assert [c["name"] for c in (init, master, worker)] == ["esker-scratch", "spark-master", "spark-worker"]
+        assert init["env"] == [{"name": "ESKER_PRIVATE_FILE_0", "valueFrom": {"secretKeyRef": {
+            "name": secret["metadata"]["name"], "key": "ESKER_PRIVATE_FILE_0"}}}]
+        conf_dir = pod_env(pod)["SPARK_CONF_DIR"]
+        assert f"spark/conf/spark-defaults.conf" in init["command"][2] and conf_dir == "/scratch/spark/conf"
+        for c in (master, worker):
+            assert {e["name"]: e["value"] for e in c["env"]}["SPARK_CONF_DIR"] == conf_dir
+            # The notebook's uid (KubeSpawner's, z2jh's singleuser.uid), whatever it is.
+            assert notebook["securityContext"]["runAsUser"] == c["securityContext"]["runAsUser"] == uid
+            assert c["securityContext"]["runAsGroup"] == gid
+            assert c["restartPolicy"] == "Always"
+    alice, bob = confs
+    assert alice["spark.authenticate.secret"] != bob["spark.authenticate.secret"]
+    assert alice["spark.org.apache.spark.ui.JWSFilter.param.secretKey"] != \
+        bob["spark.org.apache.spark.ui.JWSFilter.param.secretKey"]
+    # The Secret goes at stop (with the keys in it).
+    assert calls.count("delete_namespaced_secret") == 2
+    # A fresh start of the same server gets new keys too.
+    assert kube.own_cluster_grant()["secret"] != kube.own_cluster_grant()["secret"]
