@@ -64,13 +64,6 @@ matchLabels:
   component: singleuser-server
 {{- end }}
 
-{{- define "esker.sparkClusterSelector" -}}
-matchLabels:
-  app.kubernetes.io/name: esker
-  app.kubernetes.io/instance: {{ .Release.Name }}
-  esker.io/spark: cluster
-{{- end }}
-
 {{- define "esker.executorSelector" -}}
 matchLabels:
   spark-role: executor
