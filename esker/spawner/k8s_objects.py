@@ -586,7 +586,7 @@ def spark_sidecars(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int)
         "TMPDIR": plan.env.get("TMPDIR") or f"{plan.scratch_dir}/tmp",  # the executors' Python workers
     }
 
-    def daemon(name: str, args: list[str]) -> dict:
+    def daemon(name: str, args: list[str], extra: Mapping[str, str] = {}) -> dict:
         cpu, memory = share[name]
         amount = {"cpu": _cpu(cpu), "memory": str(memory)}
         return {
@@ -596,7 +596,7 @@ def spark_sidecars(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int)
             "restartPolicy": "Always",
             # tini reaps what the worker's executors leave (their Python workers); spark-class execs the JVM.
             "command": ["tini", "-g", "--", "spark-class", *(_template_escape(a) for a in args)],
-            "env": [{"name": k, "value": _template_escape(v)} for k, v in sorted(env.items())],
+            "env": [{"name": k, "value": _template_escape(v)} for k, v in sorted({**env, **extra}.items())],
             "workingDir": _template_escape(spark_dir),
             "securityContext": {"runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": uid != 0,
                                 "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
@@ -606,7 +606,9 @@ def spark_sidecars(plan: LaunchPlan, cfg: Mapping[str, Any], uid: int, gid: int)
         }
 
     master = daemon(SPARK_MASTER_CONTAINER, [MASTER_CLASS, "--host", "127.0.0.1", "--port", str(SPARK_MASTER_PORT),
-                                             "--webui-port", str(SPARK_MASTER_UI_PORT)])
+                                             "--webui-port", str(SPARK_MASTER_UI_PORT)],
+                    # No REST submission server (port 6066): it takes no spark.authenticate secret.
+                    {"SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"})
     # Started only once this passes, so the worker registers at its first try (a refused one waits 5-15 s).
     master["startupProbe"] = {**_port_open(SPARK_MASTER_PORT), "periodSeconds": 1, "failureThreshold": 120,
                               "timeoutSeconds": 2}

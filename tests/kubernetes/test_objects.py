@@ -337,6 +337,7 @@ def test_spark_sidecars_are_the_users_own_master_and_worker(scratch):
         assert c["volumeMounts"] == [ko.scratch_volume(plan, cfg, NAMES)[1]]
         text = yaml.safe_dump(c)
         assert GRANT["secret"] not in text and GRANT["ui_key"] not in text
+    assert {e["name"]: e["value"] for e in master["env"]}["SPARK_MASTER_OPTS"] == "-Dspark.master.rest.enabled=false"
     assert master["command"][4:] == [ko.MASTER_CLASS, "--host", "127.0.0.1", "--port", "7077", "--webui-port", "8080"]
     assert worker["command"][4:] == [ko.WORKER_CLASS, "--host", "127.0.0.1", "--cores", "3", "--memory", "2048m",
                                      "--webui-port", "8081", "spark://127.0.0.1:7077"]
