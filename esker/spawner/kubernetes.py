@@ -13,10 +13,8 @@ forged profile, option, ``--unlisted-choice`` value or GPU count has nothing to 
 
 from __future__ import annotations
 
-import base64
 import copy
 import os
-import secrets
 from typing import Any, Mapping
 
 from kubernetes_asyncio.client.rest import ApiException
@@ -26,6 +24,7 @@ from traitlets import Unicode, default
 
 from esker.core.plan import LaunchPlan, Placement, Selection, build_plan, with_grants
 from esker.courses.model import Course, courses_for
+from esker.spark.cluster import new_credentials
 from esker.spawner import k8s_objects as ko
 from esker.spawner.base import EskerSpawner
 from esker.spawner.services import Courses, InPod, ObjectStorage
@@ -67,14 +66,9 @@ async def delete_executors(api, names: ko.Names) -> None:
 
 
 def own_cluster_grant() -> dict[str, str]:
-    """A server's own Spark cluster (the master and worker sidecars of its pod): fresh keys at every start.
-    ``ui_key`` is the JWSFilter's HMAC key: base64url without padding (with '+', '/' or '=' the daemons' web UIs
-    fail to bind)."""
-    return {
-        "master": ko.OWN_SPARK_MASTER,
-        "secret": secrets.token_urlsafe(32),
-        "ui_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="),
-    }
+    """A server's own Spark cluster (the master and worker sidecars of its pod): fresh keys at every start, made
+    as the embedded backend makes them."""
+    return {"master": ko.OWN_SPARK_MASTER, **new_credentials()}
 
 
 class KubeSpark:
