@@ -36,7 +36,7 @@ def spark_site(cfg: dict, mode: str = "embedded") -> SparkSite | None:
     s = cfg["spark"]
     if not s["enabled"]:
         return None
-    url = s["master_url"] or f"spark://127.0.0.1:{s['master_port']}"
+    url = s["master_url"] or ""  # "": each server's own (its grant names the master)
     return SparkSite(
         master_url=url,
         cores_per_user=s["cores_per_user"],

@@ -117,7 +117,13 @@ def embedded_plan(cfg: config.EskerConfig, user: str, groups=(), admin=False, us
     home = os.path.join(cfg["users"]["home_root"], account)
     placement = embedded_placement(sel, cfg, state_dir, account=account, home=home)
     grant = course_grant(effective_courses(cfg, state_dir), sel.user)
-    plan = build_plan(sel, with_grants(placement, **({"courses": grant} if grant else {})), embedded_site(cfg.data))
+    grants = {"courses": grant} if grant else {}
+    if sel.profile.spark and cfg["spark"]["enabled"] and not cfg["spark"]["master_url"]:
+        from esker.spark.cluster import new_credentials
+
+        # The server's own cluster: its port is picked at start, its keys are fresh (and only in a 0600 file).
+        grants["spark"] = {"master": "spark://127.0.0.1:<port picked at start>", **new_credentials()}
+    plan = build_plan(sel, with_grants(placement, **grants), embedded_site(cfg.data))
     return {
         "user": plan.user, "profile": plan.profile, "choices": dict(plan.choices), "environment": plan.environment,
         "limits": {"cpu": plan.cpu_limit, "memory": plan.mem_limit, "gpus": plan.gpus, "gpu_type": plan.gpu_type,

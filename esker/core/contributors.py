@@ -32,6 +32,8 @@ def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
     s = site.spark
     assert s is not None
     own = spark_grant(placement)
+    if not (own.get("master") or s.master_url):
+        raise ValueError("a Spark profile with neither its own cluster nor an external spark.master_url")
     conf = {
         "spark.master": own.get("master") or s.master_url,
         "spark.driver.host": s.driver_host,

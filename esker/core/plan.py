@@ -150,7 +150,8 @@ class Placement:
 
 @dataclass(frozen=True)
 class SparkSite:
-    """How user sessions reach Spark, and the share of the cluster each one may take."""
+    """How user sessions reach Spark, and the share of the cluster each one may take. ``master_url`` is an
+    external master; "" when each server runs its own (the ``spark`` grant names it)."""
 
     master_url: str
     cores_per_user: int = 1

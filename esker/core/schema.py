@@ -228,22 +228,21 @@ SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "default": {},
-            "description": "The Spark cluster sessions connect to.",
+            "description": "Spark for the profiles with spark: true. Each such server runs its own standalone "
+                           "master and worker, as its user, within its limits, with a secret of its own "
+                           "(embedded: processes in the server's control group; Kubernetes: sidecars in its pod).",
             "properties": {
                 "enabled": {"type": "boolean", "default": True},
                 "master_url": {"type": ["string", "null"], "default": None,
-                               "description": "An external master (spark://host:port); null: start one (embedded)."},
-                "master_port": {**PORT, "default": 7077},
-                "webui_port": {**PORT, "default": 8080},
-                "worker_webui_port": {**PORT, "default": 8081},
-                "worker_cores": {"type": "integer", "minimum": 1, "default": 2},
-                "worker_memory": {**SIZE, "default": "4G"},
+                               "description": "An external master (spark://host:port) every session shares "
+                                              "instead (no per-server cluster; its executors are not the "
+                                              "users' accounts); null: each server runs its own."},
                 "cores_per_user": {"type": "integer", "minimum": 1, "default": 1,
-                                   "description": "spark.cores.max for each user's session."},
-                "executor_memory": {**SIZE, "default": "1G"},
+                                   "description": "Cores each server's own worker offers (with an external "
+                                                  "master: spark.cores.max for each session)."},
+                "executor_memory": {**SIZE, "default": "1G",
+                                    "description": "Memory of the server's executor (what its worker offers)."},
                 "driver_memory": {**SIZE, "default": "1G"},
-                "system_user": {"type": "string", "default": "esker-spark",
-                                "description": "Account the master and worker run as when the hub runs as root."},
             },
         },
         "gpus": {
@@ -341,7 +340,6 @@ SCHEMA = {
             "properties": {
                 "namespace": {"type": "string", "default": "esker"},
                 "spark_mode": {"enum": ["standalone", "kubernetes"], "default": "standalone"},
-                "spark_master_service": {"type": "string", "default": "spark://esker-spark-master:7077"},
                 "s3_endpoint": {"type": ["string", "null"], "default": None},
             },
         },
