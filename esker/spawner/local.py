@@ -44,6 +44,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
     scratch_used = Integer(0, help="Bytes in scratch at the last measurement.")
     cgroup = Any(None, allow_none=True, help="The control group enforcing this server's CPU/memory limits.")
     spark_cluster = Any(None, allow_none=True, help="This server's own Spark cluster: ports, UI key, daemon pids.")
+    _spark_abort = False  # set by esker_release while esker_spark_start runs
     spark_start_timeout = Integer(
         60, config=True, help="Seconds a server's own Spark master may take to listen before the spawn fails."
     )
@@ -118,26 +119,35 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         env = {k: v for k, v in self.get_env().items() if not k.startswith(("JUPYTERHUB_", "JPY_"))}
         env = spark_cluster.daemon_env(spec, env)
         pre = self.make_preexec_fn(self.user.name)
+        self._spark_abort = False
         pid = await asyncio.to_thread(spark_cluster.launch, spark_cluster.master_command(spec), env, spec,
                                       "master.out", pre)
         c["pids"].append(pid)
         deadline = time.monotonic() + self.spark_start_timeout
         while not await asyncio.to_thread(port_open, spec.master_port):
+            if self._spark_abort:  # the spawn failed elsewhere and is being released
+                return
             if not spark_cluster.alive(pid) or time.monotonic() > deadline:
                 why = "exited" if not spark_cluster.alive(pid) else f"did not listen within {self.spark_start_timeout} s"
                 raise RuntimeError(f"your Spark master {why} (log: {spec.base_dir}/logs/master.out)")
             await asyncio.sleep(0.1)
+        if self._spark_abort:
+            return
         pid = await asyncio.to_thread(spark_cluster.launch, spark_cluster.worker_command(spec), env, spec,
                                       "worker.out", pre)
         c["pids"].append(pid)
+        if self._spark_abort:
+            return
         metrics.spark_cluster_started(self.owner_key, spec.master_ui_port, c["ui_key"])
         self.esker_event(90, f"Spark ready: your own master at {spec.master_url}, a worker with "
                          f"{spec.cores} core(s) and {spec.memory} for executors")
 
     async def esker_started(self) -> None:
-        task, self._spark_start = getattr(self, "_spark_start", None), None
+        task = getattr(self, "_spark_start", None)
         if task is not None:
-            await task
+            # Shielded: a start timeout cancels this wait, never the launch (esker_release ends that one).
+            await asyncio.shield(task)
+            self._spark_start = None
 
     async def esker_deliver_courses(self, sel: Selection, courses, placement: Placement) -> None:
         uid, gid = self.esker_ids
@@ -221,8 +231,10 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
     async def esker_release(self):
         """Give back what esker_prepare took; safe to call twice and after a failed start."""
         task, self._spark_start = getattr(self, "_spark_start", None), None
-        if task is not None and not task.done():  # no daemon may start after its cluster was released
-            task.cancel()
+        if task is not None and not task.done():
+            # Not cancelled: a launch already in its thread would start a daemon nobody records. Told to stop,
+            # it returns at its next step, and every pid it started is in spark_cluster for the release.
+            self._spark_abort = True
             await asyncio.gather(task, return_exceptions=True)
         await super().esker_release()  # the services: storage, Spark, scratch, GPUs, courses
         self.plan = None

@@ -75,3 +75,29 @@ def test_a_failed_spawn_says_why_and_gives_back_its_gpu(failing_hub, name, reaso
     metrics = hub.request("GET", "/metrics", timeout=10)
     if metrics.status_code == 200:  # the hub's Prometheus endpoint: the failure is counted
         assert 'outcome="failure"' in metrics.text
+
+
+@pytest.mark.parametrize("name", ["neverready-spark", "badexit-spark", "broken-spark"])
+def test_a_failed_spark_spawn_leaves_no_spark_running(failing_hub, name):
+    """A Spark server whose start fails (after its own master and worker were started, or while they start)
+    leaves none of its Spark daemons running."""
+    from esker.spark.cluster import running_daemons
+
+    hub = failing_hub.hub
+    hub.ensure_user(name)
+    root = failing_hub.cfg["scratch"]["root"].replace("{state_dir}", failing_hub.state_dir)
+    with pytest.raises((RuntimeError, SpawnRefused)):
+        hub.spawn(name, {"profile": "spark"}, timeout=120)
+    for _ in range(120):
+        model = hub.request("GET", f"/users/{name}").json()
+        if not model["servers"] and not model.get("pending"):
+            break
+        time.sleep(0.5)
+    assert not model["servers"]
+    deadline = time.monotonic() + 20  # the release's SIGTERM grace
+    while time.monotonic() < deadline and running_daemons(under=root):
+        time.sleep(0.5)
+    assert running_daemons(under=root) == [], running_daemons(under=root)
+    if not name.startswith("broken"):  # its master and worker did start: the hub's log says so
+        log = failing_hub.log_tail(5000).splitlines()
+        assert any(name in line and "Spark ready: your own master" in line for line in log), log[-40:]
