@@ -217,7 +217,8 @@ def running_daemons(under: str = "") -> list[dict]:
         try:
             args = (d / "cmdline").read_bytes().split(b"\0")
             role = "master" if MASTER_CLASS.encode() in args else "worker" if WORKER_CLASS.encode() in args else ""
-            if not role:
+            # The daemon's JVM, not spark-class's bash or the launcher JVM that builds its command line.
+            if not role or not args[0].endswith(b"java") or b"org.apache.spark.launcher.Main" in args:
                 continue
             args = [a.decode() for a in args]
             environ = dict(kv.split("=", 1) for kv in (d / "environ").read_bytes().decode().split("\0") if "=" in kv)

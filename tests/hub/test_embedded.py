@@ -271,22 +271,13 @@ print('PATH', groups.get('memory', groups.get('')))
 
 
 def spark_daemons(uid: int) -> dict[str, list[int]]:
-    """The Spark masters and workers running as ``uid``."""
-    from pathlib import Path
+    """The Spark masters' and workers' JVMs running as ``uid``."""
+    from esker.spark.cluster import running_daemons
 
     found: dict[str, list[int]] = {"master": [], "worker": []}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if proc.stat().st_uid != uid:
-                    continue
-                cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            for role, cls in (("master", b"org.apache.spark.deploy.master.Master"),
-                              ("worker", b"org.apache.spark.deploy.worker.Worker")):
-                if cls in cmd:
-                    found[role].append(int(proc.name))
+    for d in running_daemons():
+        if d["uid"] == uid:
+            found[d["role"]].append(d["pid"])
     return found
 
 

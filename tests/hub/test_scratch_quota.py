@@ -186,3 +186,28 @@ def test_a_hub_restart_keeps_the_mount(quota_hub):
     finally:
         hub.stop("sq-restart")
     assert left_behind(h) == []
+
+
+def test_a_hub_restart_keeps_each_servers_spark(quota_hub):
+    """The server's own master and worker outlive a hub restart, attached to their server (its state has
+    them): the same processes afterwards, a job still runs, and the stop after the restart ends them."""
+    from esker.spark.cluster import running_daemons
+
+    h, hub = quota_hub, quota_hub.hub
+    root = h.cfg["scratch"]["root"].replace("{state_dir}", h.state_dir)
+    hub.ensure_user("sq-spark")
+    hub.spawn("sq-spark", {"profile": "spark"})
+    job = ("from pyspark.sql import SparkSession; s = SparkSession.builder.getOrCreate(); "
+           "print('SUM', s.sparkContext.parallelize(range(100), 2).sum()); s.stop()")
+    try:
+        before = {d["pid"] for d in running_daemons(under=root) if "sq-spark" in d["conf_dir"]}
+        assert len(before) == 2, running_daemons(under=root)
+        h.stop_hub()
+        h.start()
+        after = {d["pid"] for d in running_daemons(under=root) if "sq-spark" in d["conf_dir"]}
+        assert after == before
+        out = run_code(f"{h.url}/user/sq-spark/", hub.user_token("sq-spark"), job, timeout=240)
+        assert "SUM 4950" in out["stdout"], out
+    finally:
+        hub.stop("sq-spark")
+    assert [d for d in running_daemons(under=root) if "sq-spark" in d["conf_dir"]] == []
