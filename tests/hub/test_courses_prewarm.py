@@ -127,7 +127,7 @@ def test_the_pass_builds_checks_spark_and_records(tmp_path):
     out = asyncio.run(S.prewarm_once(st, T0 - timedelta(minutes=4)))
     assert b.built == ["scikit-learn", "spark"] and calls == [1]
     rec = st.store.prewarm_records()
-    assert rec["s"]["prewarmed_at"] is None and "spark master: down" in rec["s"]["status"]
+    assert rec["s"]["prewarmed_at"] is None and "spark: down" in rec["s"]["status"]
     assert rec["a"]["prewarmed_at"] == (T0 - timedelta(minutes=5)).isoformat()  # kept from the first pass
     # A failing build is recorded, the pass goes on, and the next one tries again
     st2 = state(tmp_path / "2", FakeBuilder(broken={"scikit-learn"}))
