@@ -215,6 +215,50 @@ def run_code(server_url: str, token: str, code: str, timeout: float = 300) -> di
     return asyncio.run(_run_cells(server_url, token, [code], timeout))[0]
 
 
+class KernelSession:
+    """One kernel of a server kept open across calls: ``run(code)`` executes a cell in it and returns what
+    run_code returns. For measurements interleaved with other work (the kernel starts once, outside them).
+    Use as a context manager; the kernel is deleted on exit."""
+
+    def __init__(self, server_url: str, token: str, timeout: float = 300):
+        self.server_url, self.timeout = server_url, timeout
+        self.headers = {"Authorization": f"token {token}"}
+        self.loop = asyncio.new_event_loop()
+        self.kid: str | None = None
+        self.conn = None
+
+    def __enter__(self) -> "KernelSession":
+        r = requests.post(f"{self.server_url}api/kernels", headers=self.headers, json={}, timeout=60)
+        r.raise_for_status()
+        self.kid = r.json()["id"]
+        ws_url = self.server_url.replace("http", "ws", 1) + f"api/kernels/{self.kid}/channels"
+        request = HTTPRequest(ws_url, headers=self.headers, connect_timeout=120, request_timeout=120)
+        try:
+            async def connect():  # tornado wants its loop running when the connection is made
+                return await websocket_connect(request, max_message_size=64 * 1024**2)
+
+            self.conn = self.loop.run_until_complete(connect())
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def run(self, code: str, timeout: float | None = None) -> dict:
+        return self.loop.run_until_complete(_execute(self.conn, code, timeout or self.timeout))
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.conn is not None:
+                async def close():  # tornado closes on its running loop too
+                    self.conn.close()
+
+                self.loop.run_until_complete(close())
+            if self.kid:
+                requests.delete(f"{self.server_url}api/kernels/{self.kid}", headers=self.headers, timeout=30)
+        finally:
+            self.loop.close()
+
+
 def run_notebook(server_url: str, token: str, path: str, timeout: float = 600) -> list[dict]:
     """Run every code cell of a notebook file, in order, in one kernel of the server."""
     nb = json.loads(open(path).read())
