@@ -215,7 +215,10 @@ class Bench:
         from its kernel, in its cgroup), in its HOME (a plain folder, when on the same disk: the server without
         the image) and on this host in the scratch root, the cases' order alternating each round so that the
         disk's drift (its cache, a neighbour's I/O) falls on every case alike. Figures: each case's median,
-        min and max; ratios of the medians."""
+        min and max; ratios of the medians. Both sides run the same function (DISK_CODE) in a long-lived
+        process: the server's in one kernel kept for every round, the host's in this process."""
+        from esker.hubapi import KernelSession
+
         mb, rounds = self.sizes["scratch_mb"], self.sizes.get("scratch_rounds", 5)
         name = self.user("scratch")
         self.progress.update(note=f"spawning {self.profile}")
@@ -234,14 +237,19 @@ class Bench:
         exec(DISK_CODE, ns)  # noqa: S102 - our own constant, the same code the kernel runs
         cases = [*dirs, *(["host"] if os.path.isdir(root) else [])]
         samples: dict[str, list[dict]] = {c: [] for c in cases}
-        for i in range(rounds):
-            for case in (cases if i % 2 == 0 else cases[::-1]):
-                self.progress.update(i, rounds, f"{mb} MB fsynced, {case}")
-                if case == "host":
-                    samples[case].append(ns["esker_disk_bw"](root, mb))
-                else:
-                    samples[case].append(self.run(name, DISK_CODE + "\nprint('RESULT' + json.dumps(esker_disk_bw("
-                                                  f"{dirs[case]}, {mb})))"))
+        # One kernel for every round, started before the first: each side runs the same function in a
+        # long-lived Python process (the kernel there, this process here), and no kernel start falls between
+        # one measurement and the next.
+        with KernelSession(self.hub.server_url(name), self.hub.user_token(name), timeout=1800) as kernel:
+            kernel_result(kernel.run(DISK_CODE + "\nprint('RESULT' + json.dumps({}))"))
+            for i in range(rounds):
+                for case in (cases if i % 2 == 0 else cases[::-1]):
+                    self.progress.update(i, rounds, f"{mb} MB fsynced, {case}")
+                    if case == "host":
+                        samples[case].append(ns["esker_disk_bw"](root, mb))
+                    else:
+                        samples[case].append(kernel_result(kernel.run(
+                            f"print('RESULT' + json.dumps(esker_disk_bw({dirs[case]}, {mb})))")))
         self.stop_all([name])
         figures = []
         med: dict[str, dict[str, float]] = {}
