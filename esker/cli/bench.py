@@ -5,7 +5,11 @@ Benchmarks (each can be chosen with --only, and each reports figures with a unit
   spawn       spawn latency of the `minimal` profile at 1, 10 and 30 concurrent users, timed from the request
               to the `ready` event of the progress stream (what a person waits for), not to the POST's answer
   burst       a workshop: N users arrive over W seconds, each spawns and runs a first cell
-  spark       the same Spark job on the hub's cluster (SPARK_MASTER) and on local[*], inside a user's server
+  spark       spawn to first Spark result: in rounds of alternating order, spawn the spark profile, then a
+              fresh driver (a subprocess of a fresh kernel) times getOrCreate() and a first small job on the
+              server's own cluster (SPARK_MASTER) or on local[*]; each side's spawn, session, first-job and
+              total seconds (median, min, max), their ratio (goal <= 1.2), a warm job, and the memory of the
+              server's master, worker and executor
   s3          put/get throughput to the user's bucket from a user's server (skipped without object storage)
   scratch     write (fsynced) and cold read of N MB in SCRATCH_DIR from a kernel, side by side with the same
               on this host in the scratch root (the raw disk under it) and in the server's HOME (a plain folder)
@@ -32,9 +36,9 @@ from esker.cli.benchreport import compare, plot, print_compare, rows, write_csv
 from esker.cli.benchsuite import Bench, Progress
 
 BENCHMARKS = ["spawn", "burst", "spark", "s3", "scratch", "tensorflow"]
-FULL = {"levels": [1, 10, 30], "burst_users": 30, "burst_window": 30.0, "spark_rows": 20_000_000,
+FULL = {"levels": [1, 10, 30], "burst_users": 30, "burst_window": 30.0, "spark_rows": 4_000_000, "spark_rounds": 3,
         "s3_objects": 8, "s3_mb": 64, "scratch_mb": 1024, "scratch_rounds": 5, "tf_samples": 20_000, "tf_epochs": 3}
-QUICK = {"levels": [1, 2], "burst_users": 3, "burst_window": 2.0, "spark_rows": 1_000_000,
+QUICK = {"levels": [1, 2], "burst_users": 3, "burst_window": 2.0, "spark_rows": 1_000_000, "spark_rounds": 1,
          "s3_objects": 2, "s3_mb": 8, "scratch_mb": 32, "scratch_rounds": 2, "tf_samples": 1_024, "tf_epochs": 1}
 
 
@@ -83,6 +87,8 @@ def cmd_bench(args) -> int:
         sizes["scratch_mb"] = args.scratch_mb
     if args.scratch_rounds:
         sizes["scratch_rounds"] = args.scratch_rounds
+    if args.spark_rounds:
+        sizes["spark_rounds"] = args.spark_rounds
     run_id = secrets.token_hex(2)
     started = datetime.now(timezone.utc)
     out = Path(args.out or Path("bench") / "results" / f"esker-bench-{started:%Y%m%dT%H%M%SZ}")
@@ -142,6 +148,8 @@ def register(sub) -> None:
     p.add_argument("--burst-users", type=int, help="workshop attendees (default 30; quick 3)")
     p.add_argument("--scratch-mb", type=int, help="MB written and read in scratch (default 1024; quick 32)")
     p.add_argument("--scratch-rounds", type=int, help="rounds of the scratch measurement (default 5; quick 2)")
+    p.add_argument("--spark-rounds", type=int, help="rounds of the spark measurement, each a spawn per side "
+                   "(default 3; quick 1)")
     p.add_argument("--profile", default="minimal", help="profile for spawn, burst, s3, scratch (default minimal)")
     p.add_argument("--gpus", default="1", help="GPUs asked for the tensorflow run (default 1; CPU if refused)")
     p.add_argument("--gpu-group", default="gpu-users", help="group that may ask for GPUs (default gpu-users)")

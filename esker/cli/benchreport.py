@@ -63,7 +63,11 @@ def plot(results: dict, out: Path) -> list[str]:
         ax.set_title(f"Workshop burst: {len(burst)} users over {b['burst']['window_s']:.0f}s")
         ax.legend(loc="lower right")
         written.append(_save(figure, out / "burst.png"))
+    if b.get("spark", {}).get("samples"):
+        written.append(_spark_plot(b["spark"], out / "spark.png"))
     for name in ("spark", "s3", "scratch", "tensorflow"):
+        if name == "spark" and b.get("spark", {}).get("samples"):
+            continue
         figs = [f for f in b.get(name, {}).get("figures", []) if f["unit"] != "ratio"]
         if not figs:
             continue
@@ -77,6 +81,34 @@ def plot(results: dict, out: Path) -> list[str]:
         figure.suptitle(name)
         written.append(_save(figure, out / f"{name}.png"))
     return written
+
+
+def _spark_plot(spark: dict, path: Path) -> str:
+    """Spawn to first Spark result per side: the medians of spawn, session and first job stacked, the totals'
+    min-max as an error bar, each round's total as a dot."""
+    import matplotlib.pyplot as plt
+
+    sides = [s for s in ("cluster", "local") if spark["samples"].get(s)]
+    figure, ax = plt.subplots(figsize=(7, 4))
+    for x, side in enumerate(sides):
+        got, bottom = spark["samples"][side], 0.0
+        for part, color in (("spawn_s", "tab:blue"), ("session_s", "tab:orange"), ("first_job_s", "tab:green")):
+            v = sorted(s[part] for s in got)
+            h = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+            ax.bar(x, h, 0.5, bottom=bottom, color=color, label=part.replace("_s", "") if x == 0 else None)
+            bottom += h
+        totals = [s["total_s"] for s in got]
+        ax.errorbar(x, bottom, yerr=[[max(0.0, bottom - min(totals))], [max(0.0, max(totals) - bottom)]],
+                    color="black", capsize=6)
+        ax.plot([x] * len(totals), totals, "k.", alpha=0.6)
+    labels = [f"{s}\n{spark.get(s, {}).get('master', '')}" for s in sides]
+    ax.set_xticks(range(len(sides)), labels)
+    ax.set_ylabel("seconds from the spawn request")
+    ratio = spark.get("first_result_ratio")
+    ax.set_title(f"Spawn to first Spark result, {spark['rounds']} round(s)"
+                 + (f": cluster/local {ratio:.2f}x" if ratio else ""))
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(figure, path)
 
 
 def _save(figure, path: Path) -> str:

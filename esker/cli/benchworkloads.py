@@ -52,32 +52,117 @@ def esker_disk_bw(directory, mb, block=4 * 1024 * 1024):
             "write_mb_s": total / w / 1e6, "read_mb_s": total / r / 1e6}
 '''
 
-SPARK_CODE = r'''
-import json, os, time
+# Spawn to first Spark result, one side (`cluster`: the server's own master from the injected
+# PYSPARK_SUBMIT_ARGS; `local`: the same with .master('local[*]')): the kernel runs the driver in a Python
+# subprocess of its own, so each side is a fresh session in a fresh driver JVM, never one the other side
+# started. Meanwhile it samples the resident memory of the server's master, worker and executor (its own
+# processes: found in /proc by their main class and this server's SPARK_CONF_DIR) and of its control group.
+SPARK_DRIVER = r'''
+import json, sys, time
+t = time.perf_counter()
 from pyspark.sql import SparkSession
-N = {rows}
-def job(spark):
+import_s = time.perf_counter() - t
+mode, rows = sys.argv[1], int(sys.argv[2])
+t = time.perf_counter()
+builder = SparkSession.builder.appName("esker-bench-" + mode)
+if mode == "local":
+    builder = builder.master("local[*]")
+spark = builder.getOrCreate()
+session_s = time.perf_counter() - t
+t = time.perf_counter()
+total = spark.range(10 ** 6).selectExpr("sum(id)").collect()[0][0]
+squares = spark.sparkContext.parallelize(range(10000), 2).map(lambda x: x * x).sum()
+first_job_s = time.perf_counter() - t
+assert total == 10 ** 6 * (10 ** 6 - 1) // 2 and squares == sum(x * x for x in range(10000))
+job_s = None
+if rows:
     t = time.perf_counter()
-    groups = spark.range(N).selectExpr("id % 1000 as k", "id * 2 as v").groupBy("k").sum("v").collect()
-    squares = spark.sparkContext.parallelize(range(N // 10), 8).map(lambda x: x * x).sum()
-    assert len(groups) == 1000 and squares > 0
-    return time.perf_counter() - t
-res = {{}}
-for name, master in (("cluster", os.environ.get("SPARK_MASTER")), ("local", "local[*]")):
-    if not master:
-        res[name] = {{"skipped": "SPARK_MASTER is not set in this server"}}
-        continue
-    t = time.perf_counter()
-    spark = SparkSession.builder.master(master).appName("esker-bench-" + name).getOrCreate()
-    startup = time.perf_counter() - t
-    warm = job(spark)
-    secs = job(spark)
-    cores = spark.sparkContext.defaultParallelism
-    spark.stop()
-    res[name] = {{"master": master, "startup_s": startup, "warmup_s": warm, "job_s": secs,
-                 "default_parallelism": cores, "rows": N}}
+    groups = spark.range(rows).selectExpr("id % 1000 as k", "id * 2 as v").groupBy("k").sum("v").collect()
+    assert len(groups) == 1000
+    job_s = time.perf_counter() - t
+sc = spark.sparkContext
+out = {"master": sc.master, "default_parallelism": sc.defaultParallelism, "import_s": import_s,
+       "session_s": session_s, "first_job_s": first_job_s, "job_s": job_s, "rows": rows}
+spark.stop()
+print("DRIVER" + json.dumps(out), flush=True)
+'''
+
+SPARK_FIRST_CODE = r'''
+import json, os, subprocess, sys, threading, time
+MODE, ROWS, DRIVER = {mode!r}, {rows!r}, {driver!r}
+CLASSES = {{"master": "org.apache.spark.deploy.master.Master", "worker": "org.apache.spark.deploy.worker.Worker",
+           "executor": "org.apache.spark.executor.CoarseGrainedExecutorBackend",
+           "driver": "org.apache.spark.deploy.SparkSubmit"}}
+CONF = os.environ.get("SPARK_CONF_DIR", "")
+def rss_mb():
+    got = {{}}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                args = f.read().split(b"\0")
+            role = next((r for r, c in CLASSES.items() if c.encode() in args), None)
+            if role is None:
+                continue
+            with open("/proc/%s/environ" % d, "rb") as f:  # this server's processes, not another server's
+                if CONF and ("SPARK_CONF_DIR=" + CONF).encode() not in f.read().split(b"\0"):
+                    continue
+            with open("/proc/%s/status" % d) as f:
+                kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+        got[role] = got.get(role, 0) + kb / 1024
+    return got
+def cgroup_mb():
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctl, path = line.split(":", 2)
+        if "memory" in ctl.split(","):
+            files = ["/sys/fs/cgroup/memory%s/memory.usage_in_bytes" % path]
+        elif ctl == "":
+            files = ["/sys/fs/cgroup%s/memory.current" % path, "/sys/fs/cgroup/unified%s/memory.current" % path]
+        else:
+            continue
+        for f in files:
+            try:
+                return int(open(f).read()) / 2 ** 20
+            except (OSError, ValueError):
+                pass
+    return None
+idle = {{"rss_mb": rss_mb(), "cgroup_mb": cgroup_mb()}}
+peak = {{"rss_mb": {{}}, "cgroup_mb": None}}
+stop = threading.Event()
+def sample():
+    while not stop.is_set():
+        for role, mb in rss_mb().items():
+            peak["rss_mb"][role] = max(mb, peak["rss_mb"].get(role, 0))
+        c = cgroup_mb()
+        if c is not None:
+            peak["cgroup_mb"] = max(c, peak["cgroup_mb"] or 0)
+        stop.wait(0.25)
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+t = time.perf_counter()
+p = subprocess.run([sys.executable, "-c", DRIVER, MODE, str(ROWS)], capture_output=True, text=True, timeout=1200)
+wall = time.perf_counter() - t
+stop.set()
+sampler.join()
+if p.returncode != 0 or "DRIVER" not in p.stdout:
+    raise RuntimeError("the %s driver failed (%s): %s %s" % (MODE, p.returncode, p.stdout[-1500:], p.stderr[-3000:]))
+res = json.loads(p.stdout.rsplit("DRIVER", 1)[1].strip().splitlines()[0])
+res.update(driver_wall_s=wall, memory={{"idle": idle, "peak": peak}})
 print("RESULT" + json.dumps(res))
 '''
+
+
+def spark_first_code(mode: str, rows: int) -> str:
+    """The kernel's code for one side of the Spark benchmark (``mode``: cluster or local)."""
+    return SPARK_FIRST_CODE.format(mode=mode, rows=rows, driver=SPARK_DRIVER)
+
 
 S3_CODE = r'''
 import json, os, time
