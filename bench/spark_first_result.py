@@ -36,14 +36,21 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=4_000_000, help="rows of the warm job after the first (0: none)")
     ap.add_argument("--out", default=None, help="folder for results.json/.csv and spark.png "
                     "(default bench/results/spark-first-<UTC time>)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="one more side: the cluster side with these settings in the driver's builder (e.g. "
+                    "fastexec:spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1)")
     args = ap.parse_args()
+    variants = {}
+    for v in args.variant:
+        name, _, kvs = v.partition(":")
+        variants[name] = dict(kv.split("=", 1) for kv in kvs.split(",") if kv)
     started = datetime.now(timezone.utc)
     out = Path(args.out or REPO / "bench" / "results" / f"spark-first-{started:%Y%m%dT%H%M%SZ}")
     out.mkdir(parents=True, exist_ok=True)
 
     prepare_environments(["spark"])
     hub = RunningHub().start()
-    sizes = {"spark_rounds": args.rounds, "spark_rows": args.rows}
+    sizes = {"spark_rounds": args.rounds, "spark_rows": args.rows, "spark_variants": variants}
     bench = Bench(hub.hub, sizes, Progress(1), run_id="sf")
     results = {"esker_bench": 1, "run_id": "sf", "started": started.isoformat(), "hub": hub.url, "sizes": sizes,
                "client": {"host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count(),
@@ -69,7 +76,7 @@ def main() -> int:
 
     s = results["benchmarks"]["spark"]
     print(f"\n{'side':8} {'round':>5} {'spawn':>7} {'session':>8} {'1st job':>8} {'total':>7} {'e2e':>7} {'warm job':>8}")
-    for side in ("cluster", "local"):
+    for side in s["samples"]:
         for x in s["samples"][side]:
             print(f"{side:8} {x['round']:5d} {x['spawn_s']:7.2f} {x['session_s']:8.2f} {x['first_job_s']:8.2f} "
                   f"{x['total_s']:7.2f} {x['end_to_end_s']:7.2f} {x['job_s'] or 0:8.2f}")

@@ -88,7 +88,7 @@ def _spark_plot(spark: dict, path: Path) -> str:
     min-max as an error bar, each round's total as a dot."""
     import matplotlib.pyplot as plt
 
-    sides = [s for s in ("cluster", "local") if spark["samples"].get(s)]
+    sides = [s for s in spark["samples"] if spark["samples"][s]]
     figure, ax = plt.subplots(figsize=(7, 4))
     for x, side in enumerate(sides):
         got, bottom = spark["samples"][side], 0.0

@@ -182,7 +182,7 @@ class Bench:
     def bench_spark(self) -> dict:
         """Rounds of: spawn the spark profile, and once it is ready, a fresh driver (a Python subprocess of a
         fresh kernel) times ``getOrCreate()`` and a first small job, on the server's own cluster (the injected
-        SPARK_MASTER) or on ``local[*]``; then stop the server. The two sides alternate their order each round
+        SPARK_MASTER) or on ``local[*]``; then stop the server. The sides take turns to go first each round
         and share one account, so that the machine's drift and the account's first-spawn costs fall on both
         alike (a first untimed spawn makes the account when there is more than one round). Figures: each side's
         spawn, session, first-job and total seconds (median, min, max), the ratio of the totals' medians
@@ -194,22 +194,31 @@ class Bench:
             self.progress.update(note="first spawn of the spark profile (untimed: makes the account)")
             self.hub.spawn(name, {"profile": "spark"})
             self.stop_all([name])
-        sides = ["cluster", "local"]
+        # Variants: more sides, each the cluster side with settings of its own (to weigh a setting side by side).
+        variants = {"cluster": {}, "local": {}, **self.sizes.get("spark_variants", {})}
+        sides = list(variants)
         samples: dict[str, list[dict]] = {s: [] for s in sides}
+        failed: dict[str, list[dict]] = {s: [] for s in sides}
         for i in range(rounds):
-            for side in (sides if i % 2 == 0 else sides[::-1]):
+            for side in sides[i % len(sides):] + sides[:i % len(sides)]:  # each round starts with the next side
                 self.progress.update(i, rounds, f"spawn, then first Spark result on {side}")
                 t0 = time.monotonic()
-                m = self.hub.spawn(name, {"profile": "spark"})
-                try:
-                    r = self.run(name, spark_first_code(side, rows), timeout=1800)
+                try:  # a failed round is counted and shown, not hidden, and the others still run
+                    m = self.hub.spawn(name, {"profile": "spark"})
+                    r = self.run(name, spark_first_code("local" if side == "local" else "cluster", rows, variants[side]),
+                                 timeout=1800)
                     r["end_to_end_s"] = time.monotonic() - t0
+                    r.update(round=i, spawn_s=m["seconds"], total_s=m["seconds"] + r["session_s"] + r["first_job_s"])
+                    samples[side].append(r)
+                except Exception as e:  # noqa: BLE001
+                    failed[side].append({"round": i, "error": f"{type(e).__name__}: {e}"[:3000]})
                 finally:
                     self.stop_all([name])
-                r.update(round=i, spawn_s=m["seconds"], total_s=m["seconds"] + r["session_s"] + r["first_job_s"])
-                samples[side].append(r)
-        out: dict = {"rounds": rounds, "rows": rows, "samples": samples}
-        figures = []
+        for side in sides:
+            if not samples[side]:
+                raise RuntimeError(f"no round of the {side} side succeeded: {failed[side][-1]['error']}")
+        out: dict = {"rounds": rounds, "rows": rows, "samples": samples, "failed": failed}
+        figures = [fig(side, "failures", len(failed[side]), "count", "lower") for side in sides]
         med: dict[str, dict[str, float]] = {}
         for side, got in samples.items():
             med[side] = {}
@@ -223,8 +232,14 @@ class Bench:
                     figures += [fig(side, metric.replace("_s", "_min_s"), min(v), "s", "lower"),
                                 fig(side, metric.replace("_s", "_max_s"), max(v), "s", "lower")]
             out[side] = {"master": got[0]["master"], "default_parallelism": got[0]["default_parallelism"], **med[side]}
+        for side in sides[2:]:
+            figures.append(fig(f"{side}_vs_local", "first_result_ratio", med[side]["total_s"] / med["local"]["total_s"],
+                               "ratio", "lower"))
+            out[side]["conf"] = variants[side]
         ratio = med["cluster"]["total_s"] / med["local"]["total_s"]
-        per_round = [c["total_s"] / lo["total_s"] for c, lo in zip(samples["cluster"], samples["local"])]
+        local_by_round = {lo["round"]: lo for lo in samples["local"]}
+        per_round = [c["total_s"] / local_by_round[c["round"]]["total_s"] for c in samples["cluster"]
+                     if c["round"] in local_by_round] or [ratio]
         out["first_result_ratio"] = ratio
         out["first_result_ratio_rounds"] = per_round
         figures += [fig("cluster_vs_local", "first_result_ratio", ratio, "ratio", "lower"),

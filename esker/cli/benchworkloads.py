@@ -62,11 +62,13 @@ import json, sys, time
 t = time.perf_counter()
 from pyspark.sql import SparkSession
 import_s = time.perf_counter() - t
-mode, rows = sys.argv[1], int(sys.argv[2])
+mode, rows, conf = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 t = time.perf_counter()
 builder = SparkSession.builder.appName("esker-bench-" + mode)
 if mode == "local":
     builder = builder.master("local[*]")
+for k, v in conf.items():
+    builder = builder.config(k, v)
 spark = builder.getOrCreate()
 session_s = time.perf_counter() - t
 t = time.perf_counter()
@@ -89,7 +91,7 @@ print("DRIVER" + json.dumps(out), flush=True)
 
 SPARK_FIRST_CODE = r'''
 import json, os, subprocess, sys, threading, time
-MODE, ROWS, DRIVER = {mode!r}, {rows!r}, {driver!r}
+MODE, ROWS, CONF_JSON, DRIVER = {mode!r}, {rows!r}, {conf!r}, {driver!r}
 CLASSES = {{"master": "org.apache.spark.deploy.master.Master", "worker": "org.apache.spark.deploy.worker.Worker",
            "executor": "org.apache.spark.executor.CoarseGrainedExecutorBackend",
            "driver": "org.apache.spark.deploy.SparkSubmit"}}
@@ -147,21 +149,27 @@ def sample():
 sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 t = time.perf_counter()
-p = subprocess.run([sys.executable, "-c", DRIVER, MODE, str(ROWS)], capture_output=True, text=True, timeout=1200)
+p = subprocess.run([sys.executable, "-c", DRIVER, MODE, str(ROWS), CONF_JSON], capture_output=True, text=True, timeout=1200)
 wall = time.perf_counter() - t
 stop.set()
 sampler.join()
 if p.returncode != 0 or "DRIVER" not in p.stdout:
-    raise RuntimeError("the %s driver failed (%s): %s %s" % (MODE, p.returncode, p.stdout[-1500:], p.stderr[-3000:]))
+    import shutil
+    free = {{d: shutil.disk_usage(d).free // 2 ** 20 for d in (os.environ.get("SCRATCH_DIR"), "/tmp") if d}}
+    raise RuntimeError("the %s driver failed (%s; free MB %s): %s %s" % (MODE, p.returncode, free,
+                                                                        p.stdout[-1500:], p.stderr[-3000:]))
 res = json.loads(p.stdout.rsplit("DRIVER", 1)[1].strip().splitlines()[0])
 res.update(driver_wall_s=wall, memory={{"idle": idle, "peak": peak}})
 print("RESULT" + json.dumps(res))
 '''
 
 
-def spark_first_code(mode: str, rows: int) -> str:
-    """The kernel's code for one side of the Spark benchmark (``mode``: cluster or local)."""
-    return SPARK_FIRST_CODE.format(mode=mode, rows=rows, driver=SPARK_DRIVER)
+def spark_first_code(mode: str, rows: int, conf: dict | None = None) -> str:
+    """The kernel's code for one side of the Spark benchmark (``mode``: cluster or local; ``conf``: settings
+    the driver's builder adds, for a variant of a side)."""
+    import json
+
+    return SPARK_FIRST_CODE.format(mode=mode, rows=rows, conf=json.dumps(conf or {}), driver=SPARK_DRIVER)
 
 
 S3_CODE = r'''
