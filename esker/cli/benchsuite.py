@@ -187,7 +187,8 @@ class Bench:
         alike (a first untimed spawn makes the account when there is more than one round). Figures: each side's
         spawn, session, first-job and total seconds (median, min, max), the ratio of the totals' medians
         (cluster / local; the goal is at most 1.2), the warm job on ``spark_rows`` rows, and the memory of the
-        server's master, worker (idle) and executor (peak, while the job runs), with its control group's."""
+        server's master, worker (idle) and executor (peak, while the job runs), with its control group's (and
+        the local side's driver and group peaks: the memory the cluster costs is the difference)."""
         rounds, rows = self.sizes.get("spark_rounds", 3), self.sizes["spark_rows"]
         name = self.user("spark")
         if rounds > 1:
@@ -249,6 +250,8 @@ class Bench:
             figures.append(fig("cluster_vs_local", "speedup", med["local"]["job_s"] / med["cluster"]["job_s"],
                                "ratio", "higher"))
         memory = spark_memory(samples["cluster"])
+        memory.update({f"local_{k}": v for k, v in spark_memory(samples["local"]).items()
+                       if k in ("driver_peak_rss_mb", "cgroup_peak_mb")})
         out["memory"] = memory
         figures += [fig("memory", k, v, "MB", "lower") for k, v in memory.items()]
         out["figures"] = figures
