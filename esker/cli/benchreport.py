@@ -101,7 +101,8 @@ def _spark_plot(spark: dict, path: Path) -> str:
         ax.errorbar(x, bottom, yerr=[[max(0.0, bottom - min(totals))], [max(0.0, max(totals) - bottom)]],
                     color="black", capsize=6)
         ax.plot([x] * len(totals), totals, "k.", alpha=0.6)
-    labels = [f"{s}\n{spark.get(s, {}).get('master', '')}" for s in sides]
+    labels = [f"{s}\n{'local[*]' if spark.get(s, {}).get('master', '').startswith('local') else 'own cluster'}"
+              for s in sides]
     ax.set_xticks(range(len(sides)), labels)
     ax.set_ylabel("seconds from the spawn request")
     ratio = spark.get("first_result_ratio")
