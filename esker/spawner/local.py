@@ -116,7 +116,9 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
             spark_home=spark_cluster.spark_home_of(python), conf_dir=f"{self.scratch_dir}/spark/conf",
             base_dir=f"{self.scratch_dir}/spark", master_port=c["master_port"], master_ui_port=c["master_ui_port"],
             worker_ui_port=c["worker_ui_port"], cores=s.cores_per_user, memory=s.executor_memory)
-        env = {k: v for k, v in self.get_env().items() if not k.startswith(("JUPYTERHUB_", "JPY_"))}
+        # No hub token for the daemons and executors; JUPYTERHUB_API_URL stays, so `esker stop` and the test hubs
+        # find them (and what they started) as this hub's even if the hub lost their pids.
+        env = {k: v for k, v in self.get_env().items() if "TOKEN" not in k and not k.startswith("JPY_")}
         env = spark_cluster.daemon_env(spec, env)
         pre = self.make_preexec_fn(self.user.name)
         self._spark_abort = False

@@ -293,7 +293,9 @@ def test_own_spark_cluster_lives_and_dies_with_its_server(running_hub, hub):
     hub.spawn("own-spark", {"profile": "spark"})
     d = probe(server_url(running_hub, "own-spark"), hub.user_token("own-spark"))
     uid = d["uid"]
-    daemons = spark_daemons(uid)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all((daemons := spark_daemons(uid)).values()):
+        time.sleep(0.3)
     assert len(daemons["master"]) == 1 and len(daemons["worker"]) == 1, daemons
     server_cgroup = open(f"/proc/{daemons['master'][0]}/cgroup").read()
     assert "/esker/" in server_cgroup, server_cgroup
@@ -311,7 +313,9 @@ def test_own_spark_cluster_lives_and_dies_with_its_server(running_hub, hub):
     assert spark_daemons(uid) == {"master": [], "worker": []}
 
     hub.spawn("own-spark", {"profile": "spark"})
-    daemons = spark_daemons(uid)
+    deadline = time.monotonic() + 30  # the worker is launched by then; its JVM follows spark-class's launcher
+    while time.monotonic() < deadline and not all((daemons := spark_daemons(uid)).values()):
+        time.sleep(0.3)
     assert daemons["master"] and daemons["worker"], daemons
     server = [int(p.name) for p in __import__("pathlib").Path("/proc").iterdir() if p.name.isdigit()
               and p.stat().st_uid == uid and b"jupyterhub-singleuser" in (p / "cmdline").read_bytes()]

@@ -200,12 +200,14 @@ def test_a_hub_restart_keeps_each_servers_spark(quota_hub):
     job = ("from pyspark.sql import SparkSession; s = SparkSession.builder.getOrCreate(); "
            "print('SUM', s.sparkContext.parallelize(range(100), 2).sum()); s.stop()")
     try:
-        before = {d["pid"] for d in running_daemons(under=root) if "sq-spark" in d["conf_dir"]}
+        mine = lambda: {d["pid"] for d in running_daemons(under=root) if "sq-spark" in d["conf_dir"]}  # noqa: E731
+        deadline = time.monotonic() + 30  # the worker's JVM follows spark-class's launcher
+        while time.monotonic() < deadline and len(before := mine()) < 2:
+            time.sleep(0.3)
         assert len(before) == 2, running_daemons(under=root)
         h.stop_hub()
         h.start()
-        after = {d["pid"] for d in running_daemons(under=root) if "sq-spark" in d["conf_dir"]}
-        assert after == before
+        assert mine() == before
         out = run_code(f"{h.url}/user/sq-spark/", hub.user_token("sq-spark"), job, timeout=240)
         assert "SUM 4950" in out["stdout"], out
     finally:
