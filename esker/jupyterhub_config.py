@@ -5,6 +5,7 @@ traitlets after it with `esker run -- --Class.trait=value` or a jupyterhub_confi
 """
 
 import asyncio
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from esker import metrics
@@ -12,6 +13,7 @@ from esker.app import configurer as traits
 from esker.app import deployment
 from esker import resources
 from esker.core import config as config_mod
+from esker.objectstore.ceph import write_service_state
 from esker.runtime import default_state_dir, get_runtime
 from esker.system.envs import build_all
 
@@ -35,3 +37,8 @@ if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"]:
 
 d = deployment.deployment(cfg, state_dir, config_file)
 traits.apply(c, traits.supervised(traits.to_traitlets(cfg.data, d), d))  # services: esker.system.supervise
+
+if cfg["storage"]["enabled"] and not cfg["storage"]["endpoint"]:
+    # JupyterHub starts the embedded Ceph once the hub serves; until the service itself says "starting", this
+    # record tells a spawn that it is coming (the spawn waits for it: storage.start_wait).
+    write_service_state(os.path.join(state_dir, "ceph"), "launching")

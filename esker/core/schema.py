@@ -292,6 +292,10 @@ SCHEMA = {
                 "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 5,
                             "description": "Seconds a spawn waits for object storage before going on without it "
                             "(or refusing, for profiles with storage: required)."},
+                "start_wait": {"type": "number", "minimum": 0, "default": 60,
+                               "description": "Seconds a spawn waits, with progress messages, for the embedded "
+                               "Ceph while the hub is still starting it (about 8 s after the hub starts); 0: do "
+                               "not wait. A gateway that is down, not starting, is never waited for."},
                 "user_max_buckets": {"type": "integer", "minimum": 1, "default": 1,
                                      "description": "Buckets each user may own, the personal one included. "
                                      "1 stops users from creating (squatting) other bucket names."},

@@ -42,11 +42,12 @@ from pathlib import Path
 
 from esker.objectstore import cephbootstrap as bootstrap
 from esker.objectstore.cephconf import RGW_NAME
-from esker.objectstore.cephprocs import BINARIES, DAEMONS, CephError, Daemons, run_mon_commands
+from esker.objectstore.cephprocs import BINARIES, DAEMONS, CephError, Daemons, proc_start_time, run_mon_commands
 from esker.objectstore.s3client import s3_client
 from esker.units import parse_size
 
-__all__ = ["OBJECTSTORES", "CephCluster", "CephError", "cluster_from_config", "service_commands"]
+__all__ = ["OBJECTSTORES", "CephCluster", "CephError", "cluster_from_config", "service_commands",
+           "write_service_state", "read_service_state", "starting_reason", "embedded_starting"]
 
 OBJECTSTORES = ("memstore", "bluestore")
 HEALTH_BUCKET = "esker--health"
@@ -233,3 +234,66 @@ def service_commands(storage_cfg: dict, state_dir: str, python: str = sys.execut
         if key in e:
             cmd += [flag, str(e[key])]
     return [{"name": "ceph", "command": cmd, "display": False}]
+
+
+# ----------------------------------------------------------------- the managed service's state
+# What the embedded Ceph's managed service is doing, for the hub's spawns (they wait while it is starting) and
+# `esker status`: ``run/service.json`` in the cluster directory, {"state", "pid", "start" (its /proc start
+# time), "since" (when this run began, epoch seconds), "at" (when it entered this state), "detail"}. States:
+# launching (written by the hub as it loads its configuration: it starts the service once it serves), then
+# the service's own starting, ready, failed, stopping, stopped.
+SERVICE_STATE = Path("run") / "service.json"
+STATES = ("launching", "starting", "ready", "failed", "stopping", "stopped")
+# Seconds a "launching" record counts as starting: JupyterHub starts its managed services only after the hub
+# answers, and the service needs a moment (Python, imports) to say "starting" itself.
+LAUNCH_GRACE = 120.0
+
+
+def write_service_state(directory: str | os.PathLike, state: str, detail: str = "", since: float | None = None) -> dict:
+    """Record this process as the cluster's managed service in ``state`` (atomic replace)."""
+    if state not in STATES:
+        raise ValueError(f"unknown service state {state!r}")
+    Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)  # before the first start made it: root's
+    path = Path(directory) / SERVICE_STATE
+    path.parent.mkdir(exist_ok=True)
+    now = time.time()
+    rec = {"state": state, "pid": os.getpid(), "start": proc_start_time(os.getpid()) or -1,
+           "since": now if since is None else since, "at": now, "detail": detail}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, path)
+    return rec
+
+
+def read_service_state(directory: str | os.PathLike) -> dict | None:
+    try:
+        rec = json.loads((Path(directory) / SERVICE_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("state") in STATES else None
+
+
+def starting_reason(record: dict | None, alive: bool, now: float, launch_grace: float = LAUNCH_GRACE) -> str | None:
+    """Why the embedded gateway will be up soon (a spawn waits for it), or None when it is ready, down or
+    unknown (a spawn does not wait). Pure: ``record`` is :func:`read_service_state`'s, ``alive`` whether the
+    process that wrote it still runs."""
+    if record is None or not alive:
+        return None  # never started here, or the process that was starting it has gone: down
+    state, since = record["state"], float(record.get("since") or now)
+    if state == "launching" and now - float(record.get("at") or 0) < launch_grace:
+        return "the hub is starting the embedded Ceph"
+    if state == "starting":
+        return f"the embedded Ceph is starting ({max(0.0, now - since):.0f} s so far)"
+    return None
+
+
+def embedded_starting(directory: str | os.PathLike, launch_grace: float = LAUNCH_GRACE) -> str | None:
+    """:func:`starting_reason` for the cluster in ``directory``, from its service record and /proc."""
+    rec = read_service_state(directory)
+    alive = False
+    if rec is not None:
+        try:
+            alive = proc_start_time(int(rec["pid"])) == int(rec["start"])
+        except (KeyError, TypeError, ValueError):
+            alive = False
+    return starting_reason(rec, alive, time.time(), launch_grace)

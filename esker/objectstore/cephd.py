@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from esker.objectstore.ceph import OBJECTSTORES, CephCluster, CephError
+from esker.objectstore.ceph import OBJECTSTORES, CephCluster, CephError, write_service_state
 
 log = logging.getLogger("esker.ceph")
 
@@ -35,6 +35,15 @@ def _interrupt(*_):
 def _ignore_signals() -> None:  # already stopping: a second signal changes nothing
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)
+
+
+def _record(cluster: CephCluster, state: str, detail: str = "", since: float | None = None) -> float | None:
+    """The managed service's state for the hub's spawns (best effort: a full disk must not stop Ceph)."""
+    try:
+        return write_service_state(cluster.dir, state, detail, since)["since"]
+    except OSError as e:
+        log.warning("could not record the service state %s: %s", state, e)
+        return since
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except CephError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    since = None
     try:
         if args.action == "stop":
             cluster.stop()
@@ -97,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         t0 = time.monotonic()
         if args.action == "run":  # a stop asked for while starting: stop what has started, at once
+            # The hub's spawns read this (esker.objectstore.ceph.embedded_starting): they wait while it says so.
+            since = _record(cluster, "starting")
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, _interrupt)
         try:
@@ -104,16 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         except _Interrupted:
             _ignore_signals()
             log.info("stopping Ceph (asked to while it started)")
+            _record(cluster, "stopping", since=since)
             cluster.stop(STOP_TIMEOUT)
+            _record(cluster, "stopped", since=since)
             return 0
         log.info("Ceph RGW ready on %s in %.1f s (%s, %s)", cluster.endpoint, time.monotonic() - t0,
                  cluster.objectstore, cluster.dir)
         if args.action == "start":
             return 0
+        _record(cluster, "ready", since=since)
     except CephError as e:
         log.error("%s", e)
         if args.action == "run":
             _ignore_signals()
+            _record(cluster, "failed", str(e), since=since)
             cluster.stop(STOP_TIMEOUT)
         return 1
 
@@ -124,11 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(2.0):
         dead = [n for n, up in cluster.running().items() if not up]
         if dead:
-            log.error("%s", "; ".join(cluster.daemons.died(n) for n in dead))
+            why = "; ".join(cluster.daemons.died(n) for n in dead)
+            log.error("%s", why)
+            _record(cluster, "failed", why, since=since)
             code = 1
             break
     log.info("stopping Ceph")
+    if not code:
+        _record(cluster, "stopping", since=since)
     cluster.stop(STOP_TIMEOUT)
+    if not code:
+        _record(cluster, "stopped", since=since)
     return code
 
 

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from esker.objectstore.ceph import cluster_from_config
+from esker.objectstore.ceph import cluster_from_config, embedded_starting
 from esker.objectstore.errors import StorageError, StorageUnavailable
 from esker.objectstore.names import (
     Dataset,
@@ -46,6 +46,9 @@ from esker.state.keystore import Identity, KeyStore
 log = logging.getLogger("esker.storage")
 
 DEFAULT_TIMEOUT = 5.0
+DEFAULT_START_WAIT = 60.0
+
+
 class StorageService:
     """Object storage for the hub: what a spawn needs (`prepare`), plus rotation and removal."""
 
@@ -64,6 +67,8 @@ class StorageService:
         user_endpoint: str | None = None,
         user_max_buckets: int = 1,
         fernet_key: str | bytes | None = None,
+        start_wait: float = 0.0,
+        starting: Callable[[], str | None] | None = None,
     ):
         self.endpoint = endpoint.rstrip("/")
         self.user_endpoint = (user_endpoint or endpoint).rstrip("/")
@@ -73,6 +78,9 @@ class StorageService:
         self.writer_groups = tuple(writer_groups)
         self.admin_users = frozenset(admin_users)
         self.timeout = float(timeout)
+        # How long a spawn waits while `starting()` says the gateway is coming up (the embedded Ceph at hub start).
+        self.start_wait = float(start_wait)
+        self._starting = starting
         self.user_max_buckets = int(user_max_buckets)
         self.store = KeyStore(Path(state_dir) / "storage", fernet_key)
         self._admin_credentials = admin_credentials
@@ -98,6 +106,7 @@ class StorageService:
             region=s["region"], bucket_prefix=s["bucket_prefix"], datasets=s["datasets"],
             writer_groups=s.get("writer_groups", ["instructors"]), admin_users=cfg["hub"]["admin_users"],
             timeout=s.get("timeout", DEFAULT_TIMEOUT), user_max_buckets=s.get("user_max_buckets", 1),
+            start_wait=s.get("start_wait", DEFAULT_START_WAIT),
         )
         if mode == "kubernetes" and cfg["kubernetes"].get("s3_endpoint"):
             kw["user_endpoint"] = cfg["kubernetes"]["s3_endpoint"]
@@ -116,7 +125,8 @@ class StorageService:
             c = cluster.admin_credentials()
             return c["access_key"], c["secret_key"]
 
-        return cls(cluster.endpoint, (access, secret) if access and secret else creds, state_dir, **kw)
+        return cls(cluster.endpoint, (access, secret) if access and secret else creds, state_dir,
+                   starting=lambda: embedded_starting(cluster.dir), **kw)
 
     # ---- plumbing
     def admin(self) -> AdminOps:
@@ -129,6 +139,17 @@ class StorageService:
                     raise StorageUnavailable(f"object storage admin keys are not available yet: {e}") from None
             self._admin = AdminOps(self.endpoint, creds[0], creds[1], self.region)
         return self._admin
+
+    def starting(self) -> str | None:
+        """Why the gateway will answer soon (the hub is still starting the embedded Ceph), or None: it is up,
+        down, or external (nothing here knows when an external gateway comes back)."""
+        if self._starting is None:
+            return None
+        try:
+            return self._starting()
+        except Exception as e:  # noqa: BLE001 - a record we cannot read says nothing
+            log.debug("cannot tell whether object storage is starting: %s", e)
+            return None
 
     def names(self, username: str) -> str:
         return rgw_name(username, self.prefix)

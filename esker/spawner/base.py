@@ -37,8 +37,12 @@ from esker.core.services import Service
 from esker.courses.model import Course
 from esker.courses.reservations import machine_capacity
 from esker.courses.seats import SeatRefused, active_promises, check_seat, running_from_db
+from esker.objectstore.errors import StorageError, StorageUnavailable
 from esker.runtime import Runtime, default_state_dir, get_runtime
 from esker.state.coursestore import CourseStore, effective_courses
+
+STORAGE_WAIT_EVERY = 2.0  # seconds between "Waiting for object storage" progress messages
+STORAGE_WAIT_POLL = 0.25  # seconds between looks at whether the gateway is still starting
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
@@ -86,6 +90,9 @@ class EskerSpawner(Spawner):
 
     selection = AnyTrait(None, allow_none=True, help="The validated request (set before start).")
     plan = AnyTrait(None, allow_none=True, help="The launch plan of the running server.")
+    esker_no_storage = AnyTrait(None, allow_none=True, help="{reason, since} when this server started without "
+                                "the object storage its profile asks for (the gateway was down); kept in the "
+                                "server's state for `esker status`, cleared at its next start.")
 
     @default("config_file")
     def _default_config_file(self):
@@ -206,7 +213,10 @@ class EskerSpawner(Spawner):
 
     async def esker_storage_grant(self, sel: Selection) -> Mapping[str, str] | None:
         """The user's S3 identity and bucket, by the profile's policy: ``required`` refuses to start without
-        it (503), ``optional`` starts without it and says so, ``none`` never asks."""
+        it (503), ``optional`` starts without it and says so (recorded in the server's state, for `esker
+        status`), ``none`` never asks. While the gateway is starting (the embedded Ceph at hub start) the spawn
+        waits for it, up to ``storage.start_wait`` seconds, with a progress message every couple of seconds."""
+        self.esker_no_storage = None
         if sel.profile.storage == "none":
             return None
         storage = self.runtime.storage
@@ -216,17 +226,46 @@ class EskerSpawner(Spawner):
                                     "which is not configured on this hub")
             return None
         try:
-            grant = await storage.prepare(self.user.name, groups=sel.user.groups, admin=sel.user.admin)
+            grant = await self._esker_storage_prepare(storage, sel)
         except Exception as e:
             metrics.s3_provisioning_failed()
             if sel.profile.storage == "required":
                 raise web.HTTPError(503, f"Object storage is unavailable, and {sel.profile.display_name} "
                                     f"needs it: {e}") from None
             self.log.warning("starting %s without object storage: %s", self._log_name, e)
-            self.esker_event(75, f"Object storage is unavailable ({e}); starting without it")
+            self.esker_event(75, f"Object storage is unavailable ({e}); starting without it "
+                             "(it is set up again at the next start)")
+            self.esker_no_storage = {"reason": str(e), "since": datetime.now(timezone.utc).isoformat()}
             return None
         self.esker_event(75, f"Object storage ready: bucket {grant['bucket']}")
         return grant
+
+    async def _esker_storage_prepare(self, storage, sel: Selection) -> Mapping[str, str]:
+        """``storage.prepare``, waiting first while the gateway says it is starting (bounded by its start_wait;
+        a progress message every ``STORAGE_WAIT_EVERY`` seconds); a gateway that is down fails at once."""
+        starting = getattr(storage, "starting", None) or (lambda: None)
+        budget = float(getattr(storage, "start_wait", 0) or 0)
+        t0 = time.monotonic()
+        said = -STORAGE_WAIT_EVERY
+        while True:
+            why = starting() if time.monotonic() - t0 < budget else None
+            if why is None:
+                try:
+                    return await storage.prepare(self.user.name, groups=sel.user.groups, admin=sel.user.admin)
+                except Exception as e:
+                    waited = time.monotonic() - t0
+                    # Ready a moment ago and restarting now (or not answering yet): keep waiting, within budget.
+                    why = starting() if waited < budget else None
+                    if why is None:
+                        if said >= 0:  # it was waited for: say so
+                            kind = type(e) if isinstance(e, StorageError) else StorageUnavailable
+                            raise kind(f"{e} (after waiting {waited:.0f} s for it to start)") from e
+                        raise
+            waited = time.monotonic() - t0
+            if waited - said >= STORAGE_WAIT_EVERY:
+                said = waited
+                self.esker_event(72, f"Waiting for object storage, {waited:.0f} s ({why})")
+            await asyncio.sleep(STORAGE_WAIT_POLL)
 
     # -- progress -------------------------------------------------------------------------------------
     def esker_event(self, progress: int, message: str) -> None:
@@ -317,6 +356,21 @@ class EskerSpawner(Spawner):
             await super().stop(now=now)
         finally:
             await self.esker_release()
+
+    # -- state across hub restarts (a backend extends these with super()) -------------------------------
+    def get_state(self):
+        state = super().get_state()
+        if self.esker_no_storage:
+            state["no_storage"] = dict(self.esker_no_storage)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.esker_no_storage = state.get("no_storage") or None
+
+    def clear_state(self):
+        super().clear_state()
+        self.esker_no_storage = None
 
     def esker_holds(self) -> bool:
         """Whether this server holds something :meth:`esker_release` gives back."""

@@ -105,3 +105,91 @@ def test_kubernetes_needs_an_external_endpoint(tmp_path):
     data = yaml.safe_load(open(__import__('esker.resources').resources.SHIPPED_CONFIG))
     with pytest.raises(StorageError, match="storage.endpoint is required on Kubernetes"):
         StorageService.from_config(cfg_mod.validate(data), str(tmp_path), mode="kubernetes")
+
+
+# -- the base policy while the gateway is starting (EskerSpawner.esker_storage_grant; the same in both modes) --
+class StartingStorage(FakeStorage):
+    """A gateway that says it is starting for ``ready_after`` seconds and refuses connections until then."""
+
+    def __init__(self, ready_after: float, start_wait: float = 10.0, down: bool = False):
+        super().__init__()
+        self.t0, self.ready_after, self.start_wait, self.down = None, ready_after, start_wait, down
+
+    def _elapsed(self):
+        import time
+
+        self.t0 = self.t0 or time.monotonic()
+        return time.monotonic() - self.t0
+
+    def starting(self):
+        return "the embedded Ceph is starting" if self._elapsed() < self.ready_after else None
+
+    async def prepare(self, username, groups=(), admin=False):
+        self.calls.append((username, frozenset(groups), admin))
+        if self.down or self._elapsed() < self.ready_after:
+            raise ConnectionError("object storage at http://127.0.0.1:7480 is unreachable (connection refused)")
+        return dict(GRANT)
+
+
+@pytest.fixture
+def quick_wait(monkeypatch):
+    from esker.spawner import base
+
+    monkeypatch.setattr(base, "STORAGE_WAIT_EVERY", 0.2)
+    monkeypatch.setattr(base, "STORAGE_WAIT_POLL", 0.02)
+
+
+def grant_of(config_file, storage, profile="minimal"):
+    """The spawner's storage grant (or its refusal), its progress messages and its state afterwards."""
+    async def run():
+        sp = cli_preview.make_spawner("alice", (), False, config_file, {"profile": profile})
+        sp.runtime.storage = storage
+        sel = sp.esker_select(sp.user_options)
+        try:
+            return await sp.esker_storage_grant(sel), [e["message"] for e in sp._esker_events], sp
+        finally:
+            sp.runtime.storage = None
+
+    return asyncio.run(run())
+
+
+def test_a_starting_gateway_is_waited_for_with_progress(tmp_path, quick_wait):
+    storage = StartingStorage(ready_after=1.0)
+    grant, messages, sp = grant_of(config(tmp_path), storage)
+    assert grant == GRANT
+    waits = [m for m in messages if m.startswith("Waiting for object storage, ")]
+    assert 3 <= len(waits) <= 7, messages  # every 0.2 s here (every 2 s in a hub), not at every poll
+    assert "(the embedded Ceph is starting)" in waits[0]
+    assert messages[-1] == "Object storage ready: bucket esker-alice"
+    assert len(storage.calls) == 1  # asked once it said it was up, not hammered while it started
+    assert "no_storage" not in sp.get_state()
+
+
+def test_the_wait_is_bounded(tmp_path, quick_wait):
+    grant, messages, sp = grant_of(config(tmp_path), StartingStorage(ready_after=60, start_wait=1.2))
+    assert grant is None
+    assert "(after waiting 1 s for it to start)" in messages[-1], messages
+    assert "starting without it" in messages[-1]
+    missing = sp.get_state()["no_storage"]
+    assert "unreachable" in missing["reason"] and missing["since"]
+    with pytest.raises(web.HTTPError) as e:
+        grant_of(config(tmp_path, "required"), StartingStorage(ready_after=60, start_wait=0.5))
+    assert e.value.status_code == 503 and "needs it" in e.value.log_message
+
+
+def test_a_down_gateway_is_not_waited_for(tmp_path, quick_wait):
+    import time
+
+    t0 = time.monotonic()
+    grant, messages, sp = grant_of(config(tmp_path), StartingStorage(ready_after=0, start_wait=30, down=True))
+    assert grant is None and time.monotonic() - t0 < 2
+    assert not any(m.startswith("Waiting") for m in messages) and "after waiting" not in messages[-1]
+    # recorded for `esker status`, kept across a hub restart, gone after the stop and at the next start
+    state = sp.get_state()
+    assert state["no_storage"]["reason"].startswith("object storage at")
+    sp.load_state(state)
+    assert sp.esker_no_storage == state["no_storage"]
+    sp.clear_state()
+    assert "no_storage" not in sp.get_state()
+    grant, _, sp = grant_of(config(tmp_path), StartingStorage(ready_after=0))
+    assert grant == GRANT and "no_storage" not in sp.get_state()
