@@ -172,14 +172,21 @@ def storage_endpoint(cfg) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def check_storage(cfg, timeout: float) -> dict:
+def check_storage(cfg, timeout: float, state_dir: str = "") -> dict:
     if not cfg["storage"]["enabled"]:
         return {"status": SKIP, "detail": "object storage disabled in esker.yaml"}
     endpoint = storage_endpoint(cfg)
     try:
         status, _ = _get(endpoint + "/", timeout)
     except Exception as e:  # noqa: BLE001
-        return {"status": DOWN, "endpoint": endpoint, "detail": f"RGW at {endpoint} unreachable ({_why(e)})"}
+        out = {"status": DOWN, "endpoint": endpoint, "detail": f"RGW at {endpoint} unreachable ({_why(e)})"}
+        if state_dir and not cfg["storage"]["endpoint"]:
+            from esker.objectstore.ceph import embedded_starting
+
+            starting = embedded_starting(os.path.join(state_dir, "ceph"))
+            if starting:  # down for now, and spawns wait for it
+                out.update(starting=starting, detail=out["detail"] + f": {starting}")
+        return out
     if status >= 500:
         return {"status": DOWN, "endpoint": endpoint, "detail": f"RGW at {endpoint} answered {status}"}
     return {"status": OK, "endpoint": endpoint, "detail": f"RGW at {endpoint} answers (HTTP {status})"}
@@ -232,21 +239,30 @@ def check_servers(url: str, token: str | None, timeout: float) -> dict:
     users = json.loads(body)
     per_profile: dict[str, int] = {}
     pending = 0
+    no_storage = []  # servers that started without the object storage their profile asks for (gateway down)
     for u in users:
-        for server in (u.get("servers") or {}).values():
+        for name, server in (u.get("servers") or {}).items():
             if server.get("pending") == "spawn" or not server.get("ready"):
                 pending += 1
                 continue
             profile = (server.get("user_options") or {}).get("profile") or "default"
             per_profile[profile] = per_profile.get(profile, 0) + 1
+            missing = (server.get("state") or {}).get("no_storage")  # the spawner's state (admin:server_state)
+            if missing:
+                no_storage.append({"user": u["name"], "server": name, "profile": profile,
+                                   "since": missing.get("since", ""), "reason": missing.get("reason", "")})
     running = sum(per_profile.values())
     detail = f"{len(users)} user(s), {running} server(s) running"
     if per_profile:
         detail += " (" + ", ".join(f"{p}: {n}" for p, n in sorted(per_profile.items())) + ")"
     if pending:
         detail += f", {pending} starting or stopping"
+    if no_storage:
+        names = ", ".join(f"{s['user']}/{s['server']}" if s["server"] else s["user"] for s in no_storage)
+        detail += f"; {len(no_storage)} without object storage (the gateway was down at their start; a restart " \
+                  f"gives it): {names}"
     return {"status": INFO, "users": len(users), "running": running, "pending": pending,
-            "per_profile": per_profile, "detail": detail}
+            "per_profile": per_profile, "without_storage": no_storage, "detail": detail}
 
 
 def collect(cfg, state_dir: str, url: str, token: str | None, timeout: float = 3.0) -> dict:
@@ -255,7 +271,7 @@ def collect(cfg, state_dir: str, url: str, token: str | None, timeout: float = 3
         "hub": check_hub(cfg, state_dir, url, timeout),
         "proxy": check_proxy(cfg, state_dir, url, timeout),
         "spark": check_spark(cfg, timeout, cfg["scratch"]["root"].replace("{state_dir}", state_dir)),
-        "storage": check_storage(cfg, timeout),
+        "storage": check_storage(cfg, timeout, state_dir),
         "gpus": check_gpus(cfg, state_dir),
         "scratch": check_scratch(cfg, state_dir),
         "servers": check_servers(url, token, timeout),
