@@ -283,7 +283,7 @@ def starting_reason(record: dict | None, alive: bool, now: float, launch_grace: 
     if state == "launching" and now - float(record.get("at") or 0) < launch_grace:
         return "the hub is starting the embedded Ceph"
     if state == "starting":
-        return f"the embedded Ceph is starting ({max(0.0, now - since):.0f} s so far)"
+        return f"the embedded Ceph has been starting for {max(0.0, now - since):.0f} s"
     return None
 
 

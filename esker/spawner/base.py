@@ -264,7 +264,7 @@ class EskerSpawner(Spawner):
             waited = time.monotonic() - t0
             if waited - said >= STORAGE_WAIT_EVERY:
                 said = waited
-                self.esker_event(72, f"Waiting for object storage, {waited:.0f} s ({why})")
+                self.esker_event(72, f"Waiting for object storage, {waited:.0f} s: {why}")
             await asyncio.sleep(STORAGE_WAIT_POLL)
 
     # -- progress -------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def test_a_starting_gateway_is_waited_for_with_progress(tmp_path, quick_wait):
     assert grant == GRANT
     waits = [m for m in messages if m.startswith("Waiting for object storage, ")]
     assert 3 <= len(waits) <= 7, messages  # every 0.2 s here (every 2 s in a hub), not at every poll
-    assert "(the embedded Ceph is starting)" in waits[0]
+    assert waits[0] == "Waiting for object storage, 0 s: the embedded Ceph is starting", waits
     assert messages[-1] == "Object storage ready: bucket esker-alice"
     assert len(storage.calls) == 1  # asked once it said it was up, not hammered while it started
     assert "no_storage" not in sp.get_state()

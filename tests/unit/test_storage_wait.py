@@ -42,7 +42,7 @@ def test_starting_reason(record, alive, starting):
 
 def test_starting_reason_says_how_long():
     assert starting_reason(rec("starting", since=NOW - 7.4), True, NOW) == \
-        "the embedded Ceph is starting (7 s so far)"
+        "the embedded Ceph has been starting for 7 s"
     assert starting_reason(rec("launching"), True, NOW) == "the hub is starting the embedded Ceph"
 
 
@@ -52,7 +52,7 @@ def test_record_round_trip_and_liveness(tmp_path):
     first = write_service_state(d, "starting")
     assert (d.stat().st_mode & 0o777) == 0o700  # the cluster directory is root's alone
     assert read_service_state(d)["state"] == "starting" and read_service_state(d)["pid"] == os.getpid()
-    assert "starting" in embedded_starting(d)  # this process wrote it and runs
+    assert "has been starting for" in embedded_starting(d)  # this process wrote it and runs
     write_service_state(d, "ready", since=first["since"])
     assert embedded_starting(d) is None
     assert read_service_state(d)["since"] == first["since"]
@@ -99,4 +99,4 @@ def test_status_storage_says_starting(tmp_path, monkeypatch):
     assert "starting" not in status.check_storage(cfg, 1, str(tmp_path))
     write_service_state(tmp_path / "ceph", "starting")
     out = status.check_storage(cfg, 1, str(tmp_path))
-    assert out["status"] == status.DOWN and "the embedded Ceph is starting" in out["detail"], out
+    assert out["status"] == status.DOWN and "the embedded Ceph has been starting" in out["detail"], out
