@@ -2,6 +2,7 @@
 # Install the system packages Esker needs, from Debian: each only when its command is missing.
 #   base:    Java (Spark), Node.js + npm (configurable-http-proxy), python3-venv, losetup and mkfs.ext4
 #            (each server's scratch is a loop-mounted filesystem of its quota)
+#            s3fs + fuse3 (each server's bucket and datasets as files)
 #   browser: Chromium (the browser tests)
 # Idempotent; `apt-get update` runs at most once, and only when something must be installed.
 set -eu
@@ -21,6 +22,9 @@ for part in $want; do
             need git git
             need losetup mount
             need mkfs.ext4 e2fsprogs
+            # Buckets as files for embedded servers (s3fs-fuse; fusermount3 unmounts them)
+            need s3fs s3fs
+            need fusermount3 fuse3
             ;;
         browser)
             need chromium chromium

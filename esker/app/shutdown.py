@@ -27,6 +27,7 @@ from pathlib import Path
 from esker.app.configurer import services_dir
 from esker.app.deployment import run_dir
 from esker.objectstore.cephprocs import BINARIES, DAEMONS, Daemons
+from esker.objectstore import mounts
 from esker.system import procs, scratch
 
 
@@ -216,7 +217,14 @@ class Stopper:
         self._terminate(proxies, "the proxy", grace)
         if not self.proxies():
             (self.run / "proxy.pid").unlink(missing_ok=True)
+        self.unmount_buckets()
         self.unmount_scratch()
+
+    def unmount_buckets(self) -> None:
+        """The servers are gone: their bucket mounts (s3fs daemons marked with this hub's state dir) go too."""
+        for pid, path in mounts.running(os.path.realpath(self.state)):
+            mounts.unmount(path, pid)
+            self.out.stopped.append(f"bucket mount at {path} (s3fs pid {pid})")
 
     def scratch_dirs(self) -> set[str]:
         """The scratch folders recorded in the hub's database for its servers."""
@@ -256,6 +264,8 @@ class Stopper:
         self.out.left += [f"a service process: {_describe(p)}" for p in sorted(services)
                           if not any(f"pid {p} " in s for s in self.out.left)]
         if everything:
+            self.out.left += [f"bucket mount at {path}: s3fs pid {pid}"
+                              for pid, path in mounts.running(os.path.realpath(self.state))]
             rest = (servers | self.proxies() | self.server_members())
             self.out.left += [f"still running: {_describe(p)}" for p in sorted(rest)
                               if not any(f"pid {p} " in s for s in self.out.left)]

@@ -60,7 +60,28 @@ def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
                 "spark.hadoop.fs.s3a.connection.ssl.enabled": str(storage["endpoint"].startswith("https")).lower(),
             }
         )
+    conf.update(viewfs_conf(placement.grants.get("mounts")))
     conf.update(s.extra_conf)
+    return conf
+
+
+def viewfs_conf(mounts: "Mapping[str, str] | None") -> dict[str, str]:
+    """Embedded mode has the buckets as files (grant ``mounts``: ``root``, ``buckets``); pip's pyspark has no
+    hadoop-aws, so ``s3a://<bucket>/<key>`` is resolved onto ``<root>/<bucket>/<key>`` by Hadoop's
+    ViewFileSystemOverloadScheme, a mount table per bucket. Executors run as the user on this machine and read
+    the same files. On Kubernetes there is no such grant: the image's hadoop-aws reads S3 itself."""
+    if not mounts or not mounts.get("buckets"):
+        return {}
+    root = mounts["root"].rstrip("/")
+    conf = {
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.viewfs.ViewFileSystemOverloadScheme",
+        # An s3a:// bucket with no mount table falls to ViewFs, whose error names the missing table.
+        "spark.hadoop.fs.viewfs.overload.scheme.target.s3a.impl": "org.apache.hadoop.fs.viewfs.ViewFileSystem",
+        # No .crc side files next to the user's objects (the gateway keeps its own checksums).
+        "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+    }
+    for bucket in sorted(mounts["buckets"].split(",")):
+        conf[f"spark.hadoop.fs.viewfs.mounttable.{bucket}.linkFallback"] = f"file://{root}/{bucket}"
     return conf
 
 
@@ -171,6 +192,18 @@ def storage_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[
     }
     if s.get("datasets"):
         env["ESKER_DATASETS"] = s["datasets"]
+    return env
+
+
+def mounts_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    """The same objects as files (grant ``mounts``, embedded mode): ``ESKER_S3_DIR`` holds ``<bucket>/<key>``,
+    ``ESKER_DATASET_DIRS`` maps each readable dataset to its folder (esker_client.dataset() reads both)."""
+    m = placement.grants.get("mounts")
+    if not (m and m.get("buckets")):
+        return {}
+    env = {"ESKER_S3_DIR": m["root"]}
+    if m.get("datasets") and m["datasets"] != "{}":
+        env["ESKER_DATASET_DIRS"] = m["datasets"]
     return env
 
 

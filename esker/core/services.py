@@ -19,6 +19,7 @@ from esker.core.contributors import (
     Contributor,
     course_env,
     gpu_env,
+    mounts_env,
     profile_env,
     scratch_env,
     spark_env,
@@ -32,8 +33,9 @@ if TYPE_CHECKING:  # the plan's types, for annotations only: plan.py imports the
 SERVICE_ENV: dict[str, Contributor] = {
     "scratch": scratch_env,
     "gpus": gpu_env,
-    "spark": spark_env,
     "storage": storage_env,
+    "mounts": mounts_env,
+    "spark": spark_env,
     "courses": course_env,
 }
 ENVIRONMENT: tuple[Contributor, ...] = (profile_env, *SERVICE_ENV.values())

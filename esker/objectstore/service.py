@@ -182,6 +182,8 @@ class StorageService:
             # The same JSON object esker_client.datasets() reads: {"name": "s3://bucket/prefix/"}.
             "datasets": json.dumps({n: by_name[n].url for n in ident.readable
                                     if n in by_name and by_name[n].bucket not in self._broken}, sort_keys=True),
+            # Which of them the user may also write (mounted read-write in embedded mode).
+            "writable": json.dumps(sorted(n for n in ident.writable if n in by_name)),
         }
 
     async def _bounded(self, fn, *args, **kw):

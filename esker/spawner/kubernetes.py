@@ -267,8 +267,9 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
         return out + self.esker_objects()
 
     # Prepared in this order, released in the reverse one (esker.spawner.services); the pod carries scratch
-    # (a volume and its init container) and GPUs (the device plugin's resource).
-    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeSpark(), KubeObjectStorage())
+    # (a volume and its init container) and GPUs (the device plugin's resource). No bucket mounts: the image's
+    # hadoop-aws reads s3a:// itself.
+    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeObjectStorage(), InPod("mounts"), KubeSpark())
     _esker_grants: Mapping = {}
 
     async def esker_prepare(self, sel: Selection) -> None:

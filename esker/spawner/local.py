@@ -21,7 +21,7 @@ from esker.spark import cluster as spark_cluster
 from esker.spark.cluster import java_home
 from esker.spawner.base import EskerSpawner
 from esker.spawner.embedded import account_name, developer_home, embedded_placement
-from esker.spawner.services import Courses, LocalGpus, LocalScratch, ObjectStorage, OwnSpark
+from esker.spawner.services import BucketMounts, Courses, LocalGpus, LocalScratch, ObjectStorage, OwnSpark
 from esker.system import accounts, scratch
 from esker.system.ports import port_open
 from esker.system.cgroups import Group, Limiter
@@ -44,6 +44,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
     scratch_used = Integer(0, help="Bytes in scratch at the last measurement.")
     cgroup = Any(None, allow_none=True, help="The control group enforcing this server's CPU/memory limits.")
     spark_cluster = Any(None, allow_none=True, help="This server's own Spark cluster: ports, UI key, daemon pids.")
+    bucket_mounts = Any((), help="This server's bucket mounts: [{path, pid}] of the s3fs daemons.")
     _spark_abort = False  # set by esker_release while esker_spark_start runs
     spark_start_timeout = Integer(
         60, config=True, help="Seconds a server's own Spark master may take to listen before the spawn fails."
@@ -58,8 +59,9 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         # PATH and friends come from the profile's environment, not from the hub's.
         return ["LANG", "LC_ALL"]
 
-    # Prepared in this order, released in the reverse one (esker.spawner.services).
-    esker_services = (Courses(), LocalGpus(), LocalScratch(), OwnSpark(), ObjectStorage())
+    # Prepared in this order, released in the reverse one (esker.spawner.services): Spark's executors read the
+    # bucket mounts, so they end first.
+    esker_services = (Courses(), LocalGpus(), LocalScratch(), ObjectStorage(), BucketMounts(), OwnSpark())
     esker_ids: tuple = (None, None)  # the account's uid and gid; None in developer mode
 
     def gpu_capacity(self) -> int:
@@ -228,7 +230,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
 
     def esker_holds(self) -> bool:
         return (super().esker_holds() or bool(self.gpu_devices) or bool(self.scratch_dir) or self.cgroup is not None
-                or self.spark_cluster is not None)
+                or self.spark_cluster is not None or bool(self.bucket_mounts))
 
     async def esker_release(self):
         """Give back what esker_prepare took; safe to call twice and after a failed start."""
@@ -252,6 +254,8 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
                          options=dict(self.user_options or {}))
             if self.spark_cluster is not None:
                 state["spark"] = self.spark_cluster
+            if self.bucket_mounts:
+                state["mounts"] = list(self.bucket_mounts)
             if self.cgroup is not None:
                 state["cgroup"] = {"paths": list(self.cgroup.paths), "version": self.cgroup.version}
         return state
@@ -262,6 +266,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         self.scratch_dir = state.get("scratch_dir", "")
         self.gpu_devices = tuple(state.get("gpus", ()))
         self.spark_cluster = state.get("spark")
+        self.bucket_mounts = list(state.get("mounts", ()))
         if self.spark_cluster:
             metrics.spark_cluster_started(self.owner_key, self.spark_cluster["master_ui_port"],
                                           self.spark_cluster["ui_key"])

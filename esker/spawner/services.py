@@ -6,6 +6,7 @@ differ by where the server runs. What each adds to the environment is the plan's
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from tornado import web
 from esker import metrics
 from esker.core.plan import Placement, Selection, with_grants
 from esker.courses.content import course_grant
+from esker.objectstore import mounts as s3mounts
 from esker.spark import cluster as spark_cluster
 from esker.spark.cluster import new_credentials
 from esker.state.ledger import NoCapacity
@@ -35,6 +37,79 @@ class ObjectStorage:
 
     async def release(self, sp) -> None:
         pass  # identities and buckets outlive a server
+
+
+class BucketMounts:
+    """Embedded: the storage grant's buckets as files (esker.objectstore.mounts), so Spark reads ``s3a://`` on
+    its executors and pandas, ``open()`` and ``ls`` see the same objects under ``~/s3``. Gives the ``mounts``
+    grant; the daemons end at release. Without root, s3fs or /dev/fuse it says why and the server still has
+    its S3 keys."""
+
+    name = "mounts"
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        storage = placement.grants.get("storage")
+        if not storage:
+            return placement
+        why = mounts_unsupported(sp)
+        if why:
+            sp.esker_event(76, f"Your bucket is not mounted as files here ({why}): use s3:// with boto3 or s3fs")
+            return placement
+        uid, gid = sp.esker_ids
+        rt = sp.runtime
+        root = s3mounts.account_root(rt.state_dir, sp.account_name)
+        plan = s3mounts.plan_mounts(storage, root)
+        logs = os.path.join(rt.state_dir, "run", "mounts")
+        t0 = time.monotonic()
+
+        def one(m):
+            cmd = s3mounts.s3fs_command(m, storage["endpoint"], uid, gid)
+            env = s3mounts.s3fs_env(m, storage["access_key"], storage["secret_key"], os.path.realpath(rt.state_dir))
+            return {"path": m.path, "pid": s3mounts.mount(m, cmd, env, os.path.join(logs, f"{sp.account_name}.{m.name}.log"))}
+
+        def setup():
+            os.makedirs(logs, mode=0o700, exist_ok=True)
+            s3mounts.prepare_root(root, gid)
+
+        sp.bucket_mounts = []
+        try:
+            await asyncio.to_thread(setup)
+            # In parallel (none is inside another: plan_mounts leaves out prefixes of a whole-bucket mount).
+            done = await asyncio.gather(*(asyncio.to_thread(one, m) for m in plan), return_exceptions=True)
+            sp.bucket_mounts = [d for d in done if isinstance(d, dict)]
+            failed = [d for d in done if isinstance(d, BaseException)]
+            if failed:
+                raise failed[0]
+        except (s3mounts.MountError, OSError) as e:
+            sp.log.error("%s: %s", sp._log_name, e)
+            if sel.profile.storage == "required":
+                raise web.HTTPError(503, f"Your bucket could not be mounted, and {sel.profile.display_name} "
+                                    f"needs it: {e}") from None
+            sp.esker_event(76, f"Your bucket could not be mounted as files ({e}); s3:// with boto3 still works")
+            await self.release(sp)
+            return placement
+        link = await asyncio.to_thread(s3mounts.link_home, placement.home, root, uid, gid)
+        dirs = s3mounts.dataset_dirs(plan, storage, root)
+        sp.log.info("%s: %d bucket mount(s) in %.3f s", sp._log_name, len(plan), time.monotonic() - t0)
+        sp.esker_event(77, f"Your bucket and {len(dirs)} dataset(s) are files under {link or root} "
+                       "(and s3a:// for Spark)")
+        grant = {"root": root, "buckets": ",".join(sorted({m.bucket for m in plan})),
+                 "datasets": json.dumps(dirs, sort_keys=True)}
+        return with_grants(placement, mounts=grant)
+
+    async def release(self, sp) -> None:
+        held, sp.bucket_mounts = list(sp.bucket_mounts or ()), []
+        await asyncio.gather(*(asyncio.to_thread(s3mounts.unmount, m["path"], m.get("pid")) for m in held))
+
+
+def mounts_unsupported(sp) -> str | None:
+    extra = sp.runtime.extra
+    if "mounts" not in extra:
+        why = "developer mode" if getattr(sp, "developer_mode", True) else s3mounts.unsupported()
+        extra["mounts"] = why
+        if why:
+            sp.log.warning("buckets are not mounted as files on this hub: %s; s3a:// does not work in Spark", why)
+    return extra["mounts"]
 
 
 class Courses:

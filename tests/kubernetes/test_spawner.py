@@ -342,11 +342,11 @@ def test_stop_deletes_executors_then_the_pod_then_the_spark_objects(tmp_path, mo
         return sp.api.calls
 
     assert asyncio.run(run()) == [("delete_collection_namespaced_pod", "hub", "spark-role=executor,esker.io/server=jupyter-alice")]
-    assert order == ["pod", ("delete_namespaced_secret", "jupyter-alice-env"),  # the S3 keys (KubeObjectStorage)
-                     ("delete_namespaced_role_binding", "jupyter-alice-spark"),
+    assert order == ["pod", ("delete_namespaced_role_binding", "jupyter-alice-spark"),
                      ("delete_namespaced_role", "jupyter-alice-spark"),
                      ("delete_namespaced_service_account", "jupyter-alice-spark"),
-                     ("delete_namespaced_service", "jupyter-alice-spark")]
+                     ("delete_namespaced_service", "jupyter-alice-spark"),
+                     ("delete_namespaced_secret", "jupyter-alice-env")]  # the S3 keys (KubeObjectStorage)
 
 
 def test_prepull_images_is_the_catalogs_image_list():

@@ -27,5 +27,5 @@ def test_the_plan_environment_is_the_profile_and_the_services():
 
 
 def test_both_backends_prepare_in_the_same_order():
-    # Progress messages and grants arrive alike: courses first (content), storage last (a network call).
+    # Progress messages and grants arrive alike: courses first (content), Spark last (it reads the storage).
     assert [s.name for s in EskerLocalSpawner.esker_services] == [s.name for s in EskerKubeSpawner.esker_services]

@@ -1,0 +1,234 @@
+"""A server's buckets as files (embedded mode): the user's bucket and readable datasets mounted with s3fs-fuse.
+
+Layout: ``<state>/mounts/<account>/<bucket>[/<prefix>]`` mirrors ``s3://<bucket>/<prefix>``, so one name
+works everywhere: Spark's ``s3a://B/K`` resolves onto ``<root>/B/K`` through Hadoop's
+ViewFileSystemOverloadScheme (esker.core.contributors.viewfs_conf, from the ``mounts`` grant), and ``~/s3/B/K`` is the same file for pandas, ``open()``
+and ``ls`` (``~/s3`` is a link to the account's folder).
+
+Why not in the home itself: root mounts there, and a path the user controls (a folder they swap for a link
+to ``/etc``) would let them choose where root mounts. Every folder on the way is root's; the account's folder
+is ``0750 root:<user's group>`` so only that user (and their executors) traverse it, and each mount's root is
+``0700`` of the user with ``default_permissions`` (the kernel checks modes; ``allow_other`` only lets the
+user's processes in, root's s3fs serves them).
+
+Secrets: s3fs gets the user's keys in its environment (``/proc/<pid>/environ`` is root's alone), never in its
+argv or a file. Datasets the user may only read are mounted read-only (EROFS at open, nothing uploaded); the
+gateway's bucket policy is the real guard either way. The builders are pure; :func:`mount` and
+:func:`unmount` are the only code that runs things.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+S3FS = "s3fs"
+# Marks this hub's s3fs daemons in their environment (not secret), so `esker stop --all` finds them.
+MARKER = "ESKER_MOUNT_OF"
+POINT = "ESKER_MOUNT_POINT"  # and where each mounts (s3fs rewrites its own argv)
+
+
+@dataclass(frozen=True)
+class Mount:
+    name: str  # "bucket" (the user's own) or a dataset's name
+    bucket: str
+    prefix: str  # "" (the whole bucket) or "a/b/"
+    path: str  # the mount point
+    read_only: bool
+
+    @property
+    def source(self) -> str:
+        return f"{self.bucket}:/{self.prefix.rstrip('/')}" if self.prefix else self.bucket
+
+
+def account_root(state_dir: str, account: str) -> str:
+    return os.path.join(state_dir, "mounts", account)
+
+
+def plan_mounts(grant: Mapping[str, str], root: str) -> list[Mount]:
+    """What to mount for a storage grant (``bucket``, ``datasets`` {name: "s3://b/p/"}, ``writable`` [names]).
+    A dataset inside a bucket already mounted whole is not mounted again: the whole-bucket mount shows it."""
+    datasets = json.loads(grant.get("datasets") or "{}")
+    writable = set(json.loads(grant.get("writable") or "[]"))
+    mounts = [Mount("bucket", grant["bucket"], "", os.path.join(root, grant["bucket"]), False)]
+    parsed = []
+    for name, url in sorted(datasets.items()):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        parsed.append((name, bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""))
+    whole = {grant["bucket"]} | {b for _, b, p in parsed if not p}
+    for name, bucket, prefix in parsed:
+        if prefix and bucket in whole:
+            continue
+        path = os.path.join(root, bucket, *prefix.strip("/").split("/")) if prefix else os.path.join(root, bucket)
+        mounts.append(Mount(name, bucket, prefix, path, name not in writable))
+    return mounts
+
+
+def dataset_dirs(mounts: Iterable[Mount], grant: Mapping[str, str], root: str) -> dict[str, str]:
+    """Every readable dataset's local folder (including those shown by a whole-bucket mount)."""
+    mounted = {m.bucket for m in mounts}
+    out = {}
+    for name, url in json.loads(grant.get("datasets") or "{}").items():
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if bucket in mounted:
+            out[name] = os.path.join(root, bucket, *[p for p in prefix.split("/") if p])
+    return out
+
+
+def s3fs_command(m: Mount, endpoint: str, uid: int, gid: int, log_name: str = "") -> list[str]:
+    """s3fs in the foreground (its pid is the daemon's), no secret in it."""
+    opts = [
+        f"url={endpoint}", "use_path_request_style", "allow_other", "default_permissions",
+        f"uid={uid}", f"gid={gid}", "umask=077", "mp_umask=077",
+        # A dead gateway surfaces as EIO within seconds, not a hang; the mount stays and works again later.
+        "retries=2", "connect_timeout=5", "readwrite_timeout=30",
+        "stat_cache_expire=10", "nodev", "nosuid",
+    ]
+    if m.read_only:
+        opts.append("ro")
+    return [S3FS, m.source, m.path, "-f", "-o", ",".join(opts)]
+
+
+def s3fs_env(m: Mount, access_key: str, secret_key: str, marker: str) -> dict[str, str]:
+    """The daemon's whole environment: nothing of the hub's (its AWS_CA_BUNDLE, its tokens)."""
+    return {"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+            MARKER: marker, POINT: m.path, "HOME": "/nonexistent"}
+
+
+def unsupported() -> str | None:
+    """Why buckets cannot be mounted on this machine (None: they can)."""
+    if os.geteuid() != 0:
+        return "the hub is not root (FUSE mounts for other accounts need root)"
+    if not shutil.which(S3FS):
+        return "s3fs is not installed (scripts/install-system.sh base)"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    return None
+
+
+# ---- the code that runs things ------------------------------------------------------------------
+
+def prepare_root(root: str, gid: int) -> None:
+    """``<state>/mounts`` (0711 root) and the account's folder (0750 root:gid), both root's."""
+    top = os.path.dirname(root)
+    os.makedirs(top, mode=0o711, exist_ok=True)
+    os.chmod(top, 0o711)
+    os.makedirs(root, mode=0o750, exist_ok=True)
+    os.chown(root, 0, gid)
+    os.chmod(root, 0o750)
+
+
+def link_home(home: str, root: str, uid: int, gid: int, name: str = "s3") -> str:
+    """``~/s3`` -> the account's folder, made without following anything the user may have planted (the home
+    is opened with O_NOFOLLOW, the link made relative to it). Returns the link's path, or "" when the user
+    has something else of that name (kept: it is theirs)."""
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        try:
+            if os.readlink(name, dir_fd=fd) == root:
+                return os.path.join(home, name)
+            return ""
+        except FileNotFoundError:
+            pass
+        except OSError:  # exists and is not a link
+            return ""
+        os.symlink(root, name, dir_fd=fd)
+        os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+        return os.path.join(home, name)
+    finally:
+        os.close(fd)
+
+
+def is_mounted(path: str) -> bool:
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == real for line in f)
+    except OSError:
+        return os.path.ismount(path)
+
+
+class MountError(Exception):
+    """s3fs did not mount (the message has its last log lines)."""
+
+
+def mount(m: Mount, cmd: list[str], env: dict[str, str], log_path: str, timeout: float = 15.0) -> int:
+    """Start s3fs and wait until ``m.path`` is mounted; returns its pid. Raises MountError (s3fs stopped)."""
+    if is_mounted(m.path):  # left by a hub that lost its pid: replace it, the keys may have changed
+        unmount(m.path, None)
+    os.makedirs(m.path, mode=0o755, exist_ok=True)
+    os.chmod(m.path, 0o700)  # seen only while unmounted: root's, empty
+    with open(log_path, "ab", buffering=0) as log:
+        os.fchmod(log.fileno(), 0o600)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while not is_mounted(m.path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _kill(proc.pid)
+            proc.wait()
+            raise MountError(f"s3fs could not mount {m.source} at {m.path}: {_tail(log_path)}")
+        time.sleep(0.02)
+    return proc.pid
+
+
+def unmount(path: str, pid: int | None, timeout: float = 10.0) -> None:
+    """Unmount (lazily if something still holds a file there) and end the daemon."""
+    if is_mounted(path):
+        r = subprocess.run(["fusermount3", "-u", path], capture_output=True)
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", path], capture_output=True)
+    if pid:
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            _kill(pid)
+
+
+def running(marker: str | None = None) -> list[tuple[int, str]]:
+    """(pid, mount point) of the s3fs daemons this code started (of one hub when ``marker`` is given)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        mark, point = env.get(MARKER.encode()), env.get(POINT.encode())
+        if mark is None or point is None or (marker is not None and mark.decode() != marker):
+            continue
+        found.append((int(entry), point.decode()))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: str, n: int = 3) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+        return " / ".join(lines[-n:]) or "no output"
+    except OSError:
+        return "no log"
