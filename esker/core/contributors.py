@@ -23,7 +23,8 @@ Contributor = Callable[["Selection", "Placement", "Site"], Mapping[str, str]]
 
 def spark_grant(placement: "Placement") -> "Mapping[str, str]":
     """The server's own Spark cluster, when its backend started one (``grants["spark"]``): ``master`` (the
-    URL), ``secret`` (``spark.authenticate``'s shared secret) and ``ui_key`` (the web UIs' JWS key)."""
+    URL), ``secret`` (``spark.authenticate``'s shared secret), ``ui_key`` (the web UIs' JWS key) and the UIs'
+    ports, ``ui_port`` (a session's driver), ``master_ui_port`` and ``worker_ui_port``."""
     return placement.grants.get("spark") or {}
 
 
@@ -43,9 +44,12 @@ def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
         "spark.driver.memory": spark_size(s.driver_memory),
         "spark.app.name": f"esker-{sel.user.name}",
         "spark.pyspark.python": placement.python,
-        # The per-session UI would listen on a port of its own; in embedded mode keep it on loopback.
-        "spark.ui.enabled": "false" if site.mode == "embedded" else "true",
+        # The driver's UI: on a machine shared by many users only behind the own cluster's UI filter (its key),
+        # on loopback (SPARK_LOCAL_IP), at the port the grant picked; JupyterLab proxies it (_spark_ui_vars).
+        "spark.ui.enabled": "true" if site.mode != "embedded" or own.get("ui_key") else "false",
     }
+    if own.get("ui_port"):
+        conf["spark.ui.port"] = own["ui_port"]
     if not own:
         # A cluster shared with others (an external master): the share is the client's default. A server's
         # own cluster needs none: its worker offers only the user's cores.
@@ -110,7 +114,9 @@ def spark_secret_conf(sel: "Selection", placement: "Placement", site: "Site") ->
         # account can submit to this master, register an executor with this driver or fetch its blocks.
         conf.update({"spark.authenticate": "true", "spark.authenticate.secret": own["secret"]})
     if own.get("ui_key"):
-        conf.update({"spark.ui.filters": JWS_FILTER, f"spark.{JWS_FILTER}.param.secretKey": own["ui_key"]})
+        # Tokens must expire: the hub's and JupyterLab's proxy's (esker_client.spark_ui) live a minute.
+        conf.update({"spark.ui.filters": JWS_FILTER, f"spark.{JWS_FILTER}.param.secretKey": own["ui_key"],
+                     f"spark.{JWS_FILTER}.param.requireExpiration": "true"})
     storage = placement.grants.get("storage")
     if storage:
         conf.update({
@@ -175,6 +181,21 @@ def spark_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[st
     }
     if spark_secret_conf(sel, placement, site):
         env["SPARK_CONF_DIR"] = spark_conf_dir(placement)  # the S3A keys: private_files()
+    env.update(_spark_ui_vars(spark_grant(placement), site.spark.driver_host))
+    return env
+
+
+def _spark_ui_vars(own: "Mapping[str, str]", driver_host: str) -> dict[str, str]:
+    """The own cluster's web UIs for JupyterLab's proxy (esker_client.spark_ui): ``ESKER_SPARK_UI_PORTS``
+    (``driver:P,master:P,worker:P``); and a driver that listens on loopback binds its UI there too (Spark's UI
+    binds to ``SPARK_LOCAL_IP``, else to every address)."""
+    ports = [f"{role}:{own[k]}" for role, k in (("driver", "ui_port"), ("master", "master_ui_port"),
+                                                 ("worker", "worker_ui_port")) if own.get(k)]
+    if not (ports and own.get("ui_key")):
+        return {}
+    env = {"ESKER_SPARK_UI_PORTS": ",".join(ports)}
+    if driver_host == "127.0.0.1":
+        env["SPARK_LOCAL_IP"] = "127.0.0.1"
     return env
 
 

@@ -68,7 +68,8 @@ async def delete_executors(api, names: ko.Names) -> None:
 def own_cluster_grant() -> dict[str, str]:
     """A server's own Spark cluster (the master and worker sidecars of its pod): fresh keys at every start, made
     as the embedded backend makes them."""
-    return {"master": ko.OWN_SPARK_MASTER, **new_credentials()}
+    return {"master": ko.OWN_SPARK_MASTER, **new_credentials(), "ui_port": str(ko.SPARK_UI_PORT),
+            "master_ui_port": str(ko.SPARK_MASTER_UI_PORT), "worker_ui_port": str(ko.SPARK_WORKER_UI_PORT)}
 
 
 class KubeSpark:

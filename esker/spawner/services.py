@@ -153,11 +153,13 @@ class OwnSpark:
         rt = sp.runtime
         if not (sel.profile.spark and rt.site.spark) or rt.config["spark"]["master_url"]:
             return placement
-        ports = [free_port() for _ in range(3)]
+        ports = [free_port() for _ in range(4)]  # master, its UI, the worker's UI, a session's driver UI
         creds = new_credentials()
         sp.spark_cluster = {"master_port": ports[0], "master_ui_port": ports[1], "worker_ui_port": ports[2],
-                            "ui_key": creds["ui_key"], "pids": []}
-        return with_grants(placement, spark={"master": f"spark://127.0.0.1:{ports[0]}", **creds})
+                            "ui_port": ports[3], "ui_key": creds["ui_key"], "pids": []}
+        return with_grants(placement, spark={"master": f"spark://127.0.0.1:{ports[0]}", **creds,
+                                             "master_ui_port": str(ports[1]), "worker_ui_port": str(ports[2]),
+                                             "ui_port": str(ports[3])})
 
     async def release(self, sp) -> None:
         cluster, sp.spark_cluster = sp.spark_cluster, None

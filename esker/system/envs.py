@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,13 @@ from pathlib import Path
 from typing import AsyncIterator
 
 READY = ".esker-ready"
-RECIPE = b"3"  # bump when the way environments are built changes, so existing ones are rebuilt
+RECIPE = b"4"  # bump when the way environments are built changes, so existing ones are rebuilt
+
+# Jupyter Server's own settings for every server of an environment ({env}/etc/jupyter, after the user's own):
+# terminals run bash as an interactive shell, not a login one (Jupyter's default when it has no terminal),
+# since a login shell's /etc/profile on Debian sets PATH anew and drops the environment's bin/ (python, pip,
+# aws, spark-submit of the profile) that the server's PATH starts with.
+SERVER_CONFIG = {"ServerApp": {"terminado_settings": {"shell_command": ["/bin/bash"]}}}
 
 # The environments are shared and read-only for their users; `pip install` and a notebook's `%pip install` go to
 # the user's own site for that environment instead. The venv is made with --system-site-packages (so that site
@@ -213,6 +220,7 @@ class EnvironmentBuilder:
                     shutil.rmtree(env.path, ignore_errors=True)
                     raise RuntimeError(f"{title} failed:\n" + "\n".join(tail))
             write_user_site(env)
+            write_server_config(env)
             os.chmod(env.path, 0o755)
             (env.path / READY).write_text(self.key(env.name) + "\n")
             yield f"The {env.name} environment is ready"
@@ -233,6 +241,15 @@ def write_user_site(env: Environment) -> Path:
     # Bytecode now, as for the packages: its users cannot write __pycache__ here.
     subprocess.run([env.python, "-m", "py_compile", str(module)], check=True, capture_output=True, timeout=60)
     return module
+
+
+def write_server_config(env: Environment) -> Path:
+    """The environment's ``etc/jupyter/jupyter_server_config.json`` (SERVER_CONFIG)."""
+    path = env.path / "etc" / "jupyter" / "jupyter_server_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(SERVER_CONFIG, indent=2) + "\n")
+    os.chmod(path, 0o644)
+    return path
 
 
 async def build_all(builder: EnvironmentBuilder, names: list[str], echo=print) -> None:

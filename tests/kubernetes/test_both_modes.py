@@ -30,16 +30,17 @@ from esker.spawner.embedded import account_name, embedded_placement, embedded_si
 HUB_OWNED = re.compile(r"^(JUPYTERHUB_|JPY_|JUPYTER_IMAGE|CPU_|MEM_)")
 # Variables that name a place; checked against each mode's placement instead of against each other.
 PLACED = {"SCRATCH_DIR", "TMPDIR", "ESKER_COURSE_DIR", "SPARK_MASTER", "PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR"}
-# Spark settings that say how this mode reaches its cluster (all else must agree). The driver's web UI is off
-# in embedded mode: it would listen on the shared machine's loopback, open to every user; a pod has its own.
+# Spark settings that say how this mode reaches its cluster (all else must agree). The driver's web UI is on in
+# both modes with a server's own cluster (behind its UI filter, on loopback, at the grant's port).
 SPARK_PLACED = re.compile(r"^spark\.(driver\.(host|bindAddress|port|blockManager\.port)|local\.dir|kubernetes\..*"
-                          r"|master|ui\.enabled)$")
+                          r"|master)$")
 STORAGE = {"endpoint": "http://rgw.example:80", "access_key": "AKALICE", "secret_key": "s3cr3t/+x",
            "bucket": "esker-alice", "region": "us-east-1", "datasets": "weather=s3://esker-data/weather/"}
 STATE_DIR = "/var/lib/esker"
 # A server's own Spark cluster (each mode starts one per Spark server: the embedded backend as processes of the
 # user's, the Kubernetes one as the pod's sidecars): where its master is differs, its keys reach Spark alike.
-SPARK = {"master": "spark://127.0.0.1:7077", "secret": "rpc-S3cret_alice", "ui_key": "uiKey-alice_0123456789"}
+SPARK = {"master": "spark://127.0.0.1:7077", "secret": "rpc-S3cret_alice", "ui_key": "uiKey-alice_0123456789",
+         "ui_port": "4040", "master_ui_port": "8080", "worker_ui_port": "8081"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,11 +167,16 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
                 f"spark.authenticate.secret {SPARK['secret']}\n"
                 "spark.ui.filters org.apache.spark.ui.JWSFilter\n"
                 f"spark.org.apache.spark.ui.JWSFilter.param.secretKey {SPARK['ui_key']}\n"
+                "spark.org.apache.spark.ui.JWSFilter.param.requireExpiration true\n"
                 f"spark.hadoop.fs.s3a.access.key {STORAGE['access_key']}\n"
                 f"spark.hadoop.fs.s3a.secret.key {STORAGE['secret_key']}\n"]
             # The server's own cluster decides the share (its worker offers only the user's cores), in both modes.
             assert "spark.cores.max" not in e and "spark.cores.max" not in k
             assert emb["SPARK_MASTER"] == k8s["SPARK_MASTER"] == SPARK["master"]
+            # The UIs, for JupyterLab's proxy (esker_client.spark_ui): the driver's on loopback at the grant's port.
+            assert emb["ESKER_SPARK_UI_PORTS"] == k8s["ESKER_SPARK_UI_PORTS"] == "driver:4040,master:8080,worker:8081"
+            assert emb["SPARK_LOCAL_IP"] == k8s["SPARK_LOCAL_IP"] == "127.0.0.1"
+            assert e["spark.ui.enabled"] == k["spark.ui.enabled"] == "true" and e["spark.ui.port"] == "4040"
             # The pod writes it from its init container's environment, never from its arguments.
             init = next(c for c in manifest["spec"]["initContainers"] if c["name"] == "esker-scratch")
             assert STORAGE["secret_key"] not in " ".join(init["command"] + init.get("args", []))
