@@ -89,6 +89,7 @@ def test_request_headers_only_for_our_own_listener(tmp_path, monkeypatch):
     monkeypatch.setattr(spark_ui.os, "getuid", lambda: 1001)
     h = spark_ui.request_headers(41001, "driver", env)
     assert h["Accept-Encoding"] == "identity" and h["Authorization"].startswith("Bearer ")
+    assert h["Host"] == "127.0.0.1:41001"
     assert verify(h["Authorization"].split(" ", 1)[1], KEY)["exp"] <= time.time() + spark_ui.TOKEN_LIFETIME
     monkeypatch.setattr(spark_ui.os, "getuid", lambda: 1002)  # someone else holds the port: no token, no request
     with pytest.raises(web.HTTPError) as e:
@@ -107,6 +108,13 @@ def test_rewrite_redirects_and_links(monkeypatch):
     r = response({"Location": "http://127.0.0.1:41001/jobs/"})
     spark_ui.rewrite(r, 41001)
     assert r.headers["Location"] == "/jobs/"
+    browser = SimpleNamespace(protocol="https", host="hub.example:8443")
+    r = response({"Location": "https://hub.example:8443/jobs/"})  # built from the browser's Host
+    spark_ui.rewrite(r, 41001, request=browser)
+    assert r.headers["Location"] == "/jobs/"
+    r = response({"Location": "https://elsewhere.example/jobs/"})
+    spark_ui.rewrite(r, 41001, request=browser)
+    assert r.headers["Location"] == "https://elsewhere.example/jobs/"
     r = response({"Location": "http://127.0.0.1:41003/logPage/?appId=a"})
     spark_ui.rewrite(r, 41002)
     assert r.headers["Location"] == "/user/alice/spark-worker/logPage/?appId=a"

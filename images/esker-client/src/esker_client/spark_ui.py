@@ -135,7 +135,8 @@ def request_headers(port: int, role: str, env: Optional[Mapping[str, str]] = Non
         from tornado import web
 
         raise web.HTTPError(e.args[0], reason="Spark UI unavailable", log_message=e.args[1]) from None
-    headers = {"Accept-Encoding": "identity"}
+    # Spark builds its redirects from the Host header: its own address, so that they can be told from others.
+    headers = {"Accept-Encoding": "identity", "Host": f"127.0.0.1:{port}"}
     key = ui_key(env)
     if key:
         headers["Authorization"] = f"Bearer {bearer_token(key)}"
@@ -154,15 +155,20 @@ _ORIGIN = re.compile(rb"https?://(?:127\.0\.0\.1|localhost):(\d+)/?")
 _TEXT = ("text/", "application/json", "application/javascript")
 
 
-def rewrite(response, port: int, env: Optional[Mapping[str, str]] = None) -> None:
-    """jupyter-server-proxy's ``rewrite_response``: links to this server's Spark UIs, proxied paths instead."""
+def rewrite(response, port: int, env: Optional[Mapping[str, str]] = None, request=None) -> None:
+    """jupyter-server-proxy's ``rewrite_response``: links to this server's Spark UIs, proxied paths instead.
+    ``request``: the browser's request (a redirect to its own host is one to this UI too)."""
     prefixes = proxy_prefixes(env)
+    location = response.headers.get("Location")
+    if location and request is not None:
+        own = f"{request.protocol}://{request.host}"
+        if location == own or location.startswith(own + "/"):
+            location = f"http://127.0.0.1:{port}" + location[len(own):]
 
     def sub(m: "re.Match[bytes]") -> bytes:
         p = int(m.group(1))
         return prefixes[p][1].encode() if p in prefixes else m.group(0)
 
-    location = response.headers.get("Location")
     if location:
         m = _ORIGIN.match(location.encode())
         if m and int(m.group(1)) == port:
@@ -190,7 +196,7 @@ def _server(name: str, role: str, title: Optional[str]) -> dict:
         "new_browser_tab": True,
         "launcher_entry": launcher,
         "request_headers_override": lambda: request_headers(port, role),
-        "rewrite_response": lambda response: rewrite(response, port),
+        "rewrite_response": lambda response, request: rewrite(response, port, request=request),
     }
 
 
