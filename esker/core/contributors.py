@@ -83,6 +83,9 @@ def viewfs_conf(mounts: "Mapping[str, str] | None") -> dict[str, str]:
         "spark.hadoop.fs.viewfs.overload.scheme.target.s3a.impl": "org.apache.hadoop.fs.viewfs.ViewFileSystem",
         # No .crc side files next to the user's objects (the gateway keeps its own checksums).
         "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+        # Hadoop's default for s3a:// is the S3A committers (hadoop-aws); the files take the classic one.
+        "spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3a":
+            "org.apache.hadoop.mapreduce.lib.output.FileOutputCommitterFactory",
     }
     for bucket in sorted(mounts["buckets"].split(",")):
         conf[f"spark.hadoop.fs.viewfs.mounttable.{bucket}.linkFallback"] = f"file://{root}/{bucket}"

@@ -11,9 +11,12 @@ is ``0750 root:<user's group>`` so only that user (and their executors) traverse
 ``0700`` of the user with ``default_permissions`` (the kernel checks modes; ``allow_other`` only lets the
 user's processes in, root's s3fs serves them).
 
-Secrets: s3fs gets the user's keys in its environment (``/proc/<pid>/environ`` is root's alone), never in its
-argv or a file. Datasets the user may only read are mounted read-only (EROFS at open, nothing uploaded); the
-gateway's bucket policy is the real guard either way. The builders are pure; :func:`mount` and
+Secrets: s3fs gets its keys in its environment (``/proc/<pid>/environ`` is root's alone), never in its argv or
+a file. The user's bucket is mounted with the user's keys. A dataset is mounted with its owner's keys, confined
+to its prefix, read-only (EROFS at open, nothing uploaded) unless the user may write it: s3fs 1.90 lists the
+whole bucket when it mounts, which a reader of one prefix may not do. The hub mounts for each user exactly the
+datasets the bucket policy gives them (the same ``dataset_access``); their own keys still meet the policy for
+every S3 call they make. The builders are pure; :func:`mount` and
 :func:`unmount` are the only code that runs things.
 """
 

@@ -64,7 +64,16 @@ class BucketMounts:
 
         def one(m):
             cmd = s3mounts.s3fs_command(m, storage["endpoint"], uid, gid)
-            env = s3mounts.s3fs_env(m, storage["access_key"], storage["secret_key"], os.path.realpath(rt.state_dir))
+            keys = (storage["access_key"], storage["secret_key"])
+            if m.name != "bucket":
+                # A dataset is mounted with its owner's keys, confined to its prefix and read-only unless the user
+                # writes it: s3fs lists the whole bucket at mount, which a reader of one prefix may not (that
+                # would show every dataset's key names). Who gets which mount is the policy's dataset_access.
+                owner = rt.storage.credentials_for_bucket(m.bucket)
+                if owner is None:
+                    raise s3mounts.MountError(f"no keys own the dataset bucket {m.bucket}")
+                keys = (owner.access_key, owner.secret_key)
+            env = s3mounts.s3fs_env(m, *keys, os.path.realpath(rt.state_dir))
             return {"path": m.path, "pid": s3mounts.mount(m, cmd, env, os.path.join(logs, f"{sp.account_name}.{m.name}.log"))}
 
         def setup():
