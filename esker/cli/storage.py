@@ -83,10 +83,25 @@ def cmd_rotate(args) -> int:
         grant = svc.rotate_sync(args.user)
         print(f"new keys for {args.user}; the old ones no longer work (restart the user's server to "
               "give it the new ones)", file=sys.stderr)
+        for path in _detach_bucket_mount(args, grant["bucket"]):
+            print(f"{args.user}'s bucket mount at {path} is detached (it used the old keys); their next start "
+                  "mounts it again", file=sys.stderr)
         _print_identity(svc, grant, args.show_secret, args.json)
         return 0
     except (StorageError, config.ConfigError, ValueError) as e:
         return _fail(e)
+
+
+def _detach_bucket_mount(args, bucket: str) -> list[str]:
+    """An embedded server's mount of this user's bucket holds the old keys: s3fs answers a refused key with
+    empty files, so it is unmounted now (the folder then refuses access) rather than left half-working."""
+    from esker.objectstore import mounts
+    from esker.spawner.embedded import account_name
+
+    cfg = config.load(getattr(args, "config", None))
+    state = os.path.realpath(_state_dir())
+    path = os.path.join(mounts.account_root(state, account_name(cfg, args.user)), bucket)
+    return mounts.detach(state, path)
 
 
 def cmd_delete(args) -> int:

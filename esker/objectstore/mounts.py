@@ -195,6 +195,17 @@ def unmount(path: str, pid: int | None, timeout: float = 10.0) -> None:
             _kill(pid)
 
 
+def detach(marker: str, path: str) -> list[str]:
+    """Unmount what this hub's s3fs daemons mount at ``path`` (after a key rotation: s3fs answers a refused key
+    with empty files, so a mount with old keys is ended, and the bare folder then refuses access)."""
+    done = []
+    for pid, point in running(marker):
+        if os.path.realpath(point) == os.path.realpath(path):
+            unmount(point, pid)
+            done.append(point)
+    return done
+
+
 def running(marker: str | None = None) -> list[tuple[int, str]]:
     """(pid, mount point) of the s3fs daemons this code started (of one hub when ``marker`` is given)."""
     found = []

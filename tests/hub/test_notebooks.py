@@ -42,6 +42,8 @@ def test_demo_notebook_in_its_profile(running_hub, hub, notebook, profile):
             assert re.fullmatch(r"spark://127\.0\.0\.1:\d+", r["spark_master"]), r["spark_master"]
             assert r["records"] > 10000 and r["stations"] > 10 and r["months"] >= 12
             assert "s3" in json.dumps(r["storage"]).lower(), r["storage"]
+            # Spark's own reader on the executors (s3a:// onto the mounts), the result back in the bucket
+            assert r["read_by"] == "executors" and r["result_at"].startswith("s3a://"), r
         elif notebook == "scikit-learn":
             assert r["samples"] == 1797 and r["reload_ok"]
             assert r["scores"][r["best_model"]]["test_accuracy"] > 0.9

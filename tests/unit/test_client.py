@@ -171,6 +171,23 @@ def test_datasets_and_urls(monkeypatch):
     assert "census, weather" in str(e.value)
 
 
+def test_dataset_is_the_local_folder_where_mounted_else_the_url(monkeypatch, tmp_path):
+    shared = {"weather": "s3://esker-datasets/weather/", "census": "s3://esker-datasets/census/2020/"}
+    monkeypatch.setenv("ESKER_DATASETS", json.dumps(shared))
+    monkeypatch.setenv("ESKER_BUCKET", "esker-alice")
+    assert ec.dataset("weather") == "s3://esker-datasets/weather/"  # Kubernetes: no files
+    assert ec.s3_dir() is None
+    with pytest.raises(ec.EskerNotConfigured, match="s3://esker-alice/"):
+        ec.bucket_dir()
+    monkeypatch.setenv("ESKER_S3_DIR", str(tmp_path))
+    monkeypatch.setenv("ESKER_DATASET_DIRS", json.dumps({"weather": f"{tmp_path}/esker-datasets/weather"}))
+    assert ec.dataset("weather") == f"{tmp_path}/esker-datasets/weather"
+    assert ec.dataset("census") == "s3://esker-datasets/census/2020/"  # shared, not mounted
+    assert ec.bucket_dir() == tmp_path / "esker-alice"
+    with pytest.raises(ec.EskerNotConfigured, match="census, weather"):
+        ec.dataset("nope")
+
+
 def test_dataset_url_when_none_shared():
     with pytest.raises(ec.EskerNotConfigured, match="ESKER_DATASETS is not set"):
         ec.dataset_url("weather")

@@ -5,6 +5,7 @@
     spark = ec.spark_session()        # SparkSession on the hub's cluster (Spark profile)
     s3 = ec.s3_client()               # boto3 client for the hub's object storage
     ec.bucket(), ec.datasets()        # your bucket; shared datasets {name: "s3://bucket/prefix"}
+    ec.bucket_dir(), ec.dataset("weather")   # the same as files (embedded: ~/s3/<bucket>/...) for pandas, open()
     ec.scratch_dir()                  # fast local scratch (pathlib.Path, created on demand)
     ec.gpus()                         # GPUs assigned to this server
 
@@ -23,7 +24,8 @@ from typing import Any, Dict, Mapping, Optional, TextIO
 from ._env import EskerNotConfigured, EskerPackageMissing, current_profile, environ, require
 from .gpu import GPU, gpus, visible_device_ids
 from .spark import session_conf, spark_session
-from .storage import bucket, credentials, dataset_url, datasets, endpoint_url, s3_client, s3fs_filesystem, storage_options
+from .storage import (bucket, bucket_dir, credentials, dataset, dataset_url, datasets, endpoint_url, s3_client, s3_dir,
+                      s3fs_filesystem, storage_options)
 
 __version__ = "0.1.0"
 
@@ -32,11 +34,14 @@ __all__ = [
     "EskerPackageMissing",
     "GPU",
     "bucket",
+    "bucket_dir",
+    "dataset",
     "dataset_url",
     "datasets",
     "describe",
     "gpus",
     "s3_client",
+    "s3_dir",
     "s3fs_filesystem",
     "scratch_dir",
     "session_conf",
@@ -102,6 +107,7 @@ def summary(env: Optional[Mapping[str, str]] = None, nvml=None) -> Dict[str, Any
         "storage_endpoint": endpoint_url(env) if storage else None,
         "storage_credentials": storage,
         "bucket": e.get("ESKER_BUCKET") or None,
+        "s3_dir": e.get("ESKER_S3_DIR") or None,
         "datasets": shared,
         "datasets_error": datasets_error,
         "cuda_visible_devices": e.get("CUDA_VISIBLE_DEVICES"),
@@ -139,6 +145,8 @@ def describe(file: Optional[TextIO] = None, env: Optional[Mapping[str, str]] = N
         where = s["storage_endpoint"] or "AWS default endpoint"
         lines.append(f"  Storage:  {where}, your bucket: {s['bucket'] or '(none)'}")
         lines.append("            s3 = esker_client.s3_client()")
+        if s["s3_dir"]:
+            lines.append(f"  Files:    {s['s3_dir']} (~/s3): your bucket and datasets as folders; s3a:// in Spark")
     else:
         lines.append("  Storage:  not configured for this server (AWS_ACCESS_KEY_ID is not set)")
     if s["datasets_error"]:

@@ -10,6 +10,7 @@ It lists the datasets this user may read; it is unset when none are shared.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from ._env import EskerNotConfigured, environ, optional_import, require
@@ -130,3 +131,39 @@ def dataset_url(name: str, env: Optional[Mapping[str, str]] = None, scheme: str 
     if scheme != "s3" and url.startswith("s3://"):
         url = f"{scheme}://" + url[len("s3://"):]
     return url
+
+
+def s3_dir(env: Optional[Mapping[str, str]] = None) -> Optional[Path]:
+    """Where this server has the object store as files (``ESKER_S3_DIR``: ``<dir>/<bucket>/<key>``), or None.
+
+    Embedded hubs mount your bucket and your datasets there (``~/s3`` links to it); on Kubernetes there is
+    no such folder and ``s3://`` / ``s3a://`` URLs are the way in.
+    """
+    d = environ(env).get("ESKER_S3_DIR", "").strip()
+    return Path(d) if d else None
+
+
+def bucket_dir(env: Optional[Mapping[str, str]] = None) -> Path:
+    """Your own bucket as a folder (read-write), for ``open()``, pandas and ``ls``."""
+    root = s3_dir(env)
+    if root is None:
+        raise EskerNotConfigured(
+            "ESKER_S3_DIR",
+            "this server has no bucket mounted as files (Kubernetes, or the hub cannot mount here)",
+            f"Use s3://{environ(env).get('ESKER_BUCKET') or '<bucket>'}/ with boto3, s3fs or pandas instead.",
+        )
+    return root / bucket(env)
+
+
+def dataset(name: str, env: Optional[Mapping[str, str]] = None) -> str:
+    """The shared dataset ``name`` where this server reads it best: its local folder when mounted (embedded),
+    else its ``s3://`` URL. Both work with ``pandas.read_csv(...)``/``read_parquet(...)`` (an ``s3://`` URL
+    also wants ``storage_options=esker_client.storage_options()``); Spark takes
+    ``dataset_url(name, scheme="s3a")`` in every mode."""
+    url = dataset_url(name, env)  # raises, naming the datasets there are, when it is not shared
+    raw = environ(env).get("ESKER_DATASET_DIRS", "").strip()
+    try:
+        dirs = json.loads(raw) if raw else {}
+    except ValueError:
+        dirs = {}
+    return str(dirs[name]) if isinstance(dirs, dict) and name in dirs else url
