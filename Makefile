@@ -46,6 +46,7 @@ bench: install  ## benchmarks, side by side; results in bench/results/
 	$(PY) bench/spawn_latency.py
 	$(PY) bench/storage_throughput.py
 	$(PY) bench/storage_from_server.py
+	$(PY) bench/data_in_place.py
 	$(PY) bench/environments.py
 	$(PY) bench/scale.py
 
