@@ -8,7 +8,6 @@ against it (fsynced writes and cold reads in SCRATCH_DIR, in the server's HOME a
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time

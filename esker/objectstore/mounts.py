@@ -34,8 +34,7 @@ from typing import Iterable, Mapping
 S3FS = "s3fs"
 # Marks this hub's s3fs daemons in their environment (not secret), so `esker stop --all` finds them.
 MARKER = "ESKER_MOUNT_OF"
-POINT = "ESKER_MOUNT_POINT"
-CACHE_FREE_MB = 2048  # s3fs's read cache never takes the disk below this  # and where each mounts (s3fs rewrites its own argv)
+POINT = "ESKER_MOUNT_POINT"  # and where each mounts (s3fs rewrites its own argv)
 
 
 @dataclass(frozen=True)
@@ -85,21 +84,19 @@ def dataset_dirs(mounts: Iterable[Mount], grant: Mapping[str, str], root: str) -
     return out
 
 
-def s3fs_command(m: Mount, endpoint: str, uid: int, gid: int, cache_dir: str = "") -> list[str]:
-    """s3fs in the foreground (its pid is the daemon's), no secret in it. ``cache_dir`` (root's, 0700): what
-    was read once is read again from local disk (the gateway and s3fs otherwise take CPU from the reader on
-    every pass), removed at unmount, and never allowed to leave the disk with less than CACHE_FREE_MB free."""
+def s3fs_command(m: Mount, endpoint: str, uid: int, gid: int) -> list[str]:
+    """s3fs in the foreground (its pid is the daemon's), no secret in it."""
     opts = [
         f"url={endpoint}", "use_path_request_style", "allow_other", "default_permissions",
         f"uid={uid}", f"gid={gid}", "umask=077", "mp_umask=077",
         # A dead gateway surfaces as EIO within seconds, not a hang; the mount stays and works again later.
         "retries=2", "connect_timeout=5", "readwrite_timeout=30",
         "stat_cache_expire=10", "nodev", "nosuid",
+        # The kernel's page cache keeps what was read across opens and drops it when the object's size or mtime
+        # changes (as s3fs's stat cache sees it): a second pass reads memory, not the gateway. (s3fs's own disk
+        # cache, use_cache, was measured too: it slowed the first pass and added nothing after it.)
+        "auto_cache",
     ]
-    if cache_dir:
-        # auto_cache: the kernel's page cache keeps what was read across opens, dropped when the file's size or
-        # mtime changes (checked against s3fs's stat cache), so a re-read does not go through s3fs at all.
-        opts += [f"use_cache={cache_dir}", "del_cache", f"ensure_diskfree={CACHE_FREE_MB}", "auto_cache"]
     if m.read_only:
         opts.append("ro")
     return [S3FS, m.source, m.path, "-f", "-o", ",".join(opts)]

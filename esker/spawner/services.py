@@ -63,9 +63,7 @@ class BucketMounts:
         t0 = time.monotonic()
 
         def one(m):
-            cache = os.path.join(logs, "cache", sp.account_name, m.name)
-            os.makedirs(cache, mode=0o700, exist_ok=True)
-            cmd = s3mounts.s3fs_command(m, storage["endpoint"], uid, gid, cache)
+            cmd = s3mounts.s3fs_command(m, storage["endpoint"], uid, gid)
             keys = (storage["access_key"], storage["secret_key"])
             if m.name != "bucket":
                 # A dataset is mounted with its owner's keys, confined to its prefix and read-only unless the user

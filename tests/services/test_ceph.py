@@ -55,11 +55,12 @@ def client(ceph, grant):  # noqa: F811
 
 def test_grant_shape_and_env(svc):
     g = run(svc.prepare("alice"))
-    assert set(g) == {"endpoint", "access_key", "secret_key", "region", "bucket", "datasets"}
+    assert set(g) == {"endpoint", "access_key", "secret_key", "region", "bucket", "datasets", "writable"}
     assert g["bucket"] == rgw_name("alice", svc.prefix)
     assert g["endpoint"] == svc.endpoint
     ds = json.loads(g["datasets"])
     assert set(ds) == {"climate", "public"}  # genomes is for the bio group
+    assert json.loads(g["writable"]) == []  # alice is no instructor: her mounts of them are read-only
     env = storage_env(None, type("P", (), {"grants": {"storage": g}})(), None)
     assert env["AWS_ACCESS_KEY_ID"] == g["access_key"] and env["ESKER_BUCKET"] == g["bucket"]
     # prepare is idempotent: same keys, no new key

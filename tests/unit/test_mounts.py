@@ -35,13 +35,13 @@ def test_no_datasets_is_the_bucket_alone():
 
 def test_the_command_has_no_secret_and_the_environment_nothing_of_the_hub():
     m = M.plan_mounts(GRANT, "/r/alice")[1]
-    cmd = M.s3fs_command(m, GRANT["endpoint"], 1001, 1002, "/state/run/mounts/cache/alice/weather")
+    cmd = M.s3fs_command(m, GRANT["endpoint"], 1001, 1002)
     text = " ".join(cmd)
     assert "SK" not in cmd and "secret" not in text.lower()
     opts = cmd[cmd.index("-o") + 1].split(",")
     assert {"allow_other", "default_permissions", "uid=1001", "gid=1002", "umask=077", "ro", "nodev",
-            "nosuid", "use_cache=/state/run/mounts/cache/alice/weather", "del_cache",
-            f"ensure_diskfree={M.CACHE_FREE_MB}"} <= set(opts)
+            "nosuid", "auto_cache"} <= set(opts)
+    assert not any(o.startswith("use_cache") for o in opts)
     assert cmd[:4] == ["s3fs", m.source, m.path, "-f"]
     env = M.s3fs_env(m, "AK", "SK", "/state")
     assert env == {"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK",
