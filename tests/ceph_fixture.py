@@ -80,6 +80,18 @@ _shared: CephHandle | None = None
 _users = 0
 
 
+def cluster_ports() -> tuple[int, list[int]]:
+    """Free loopback ports for a cluster: the first of 16 for the daemons' messengers, and the RGW's and the
+    monitor's outside that range."""
+    base = free_port_range(16)
+    ports: list[int] = []
+    while len(ports) < 2:
+        p = free_port()
+        if not base <= p < base + 16 and p not in ports:
+            ports.append(p)
+    return base, ports
+
+
 def start_cluster(directory: str | os.PathLike | None = None, objectstore: str = "memstore") -> CephHandle:
     """Start a throwaway cluster on free loopback ports (the caller stops it: handle.cluster.stop())."""
     if os.environ.get("ESKER_TEST_CEPH_ENDPOINT"):
@@ -89,12 +101,7 @@ def start_cluster(directory: str | os.PathLike | None = None, objectstore: str =
     if not shutil.which("ceph-mon") or not shutil.which("radosgw"):
         pytest.skip("Ceph is not installed (scripts/install-ceph.sh)")
     directory = Path(directory or tempfile.mkdtemp(prefix="esker-ceph-"))
-    base = free_port_range(16)
-    ports: list[int] = []
-    while len(ports) < 2:
-        p = free_port()
-        if not base <= p < base + 16 and p not in ports:
-            ports.append(p)
+    base, ports = cluster_ports()
     cluster = CephCluster(directory, objectstore=objectstore, port=ports[0], mon_port=ports[1],
                           ms_port_min=base, ms_port_max=base + 15, size="4G", start_timeout=120)
     t0 = time.monotonic()

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from ceph_fixture import cluster_ports
 from conftest import needs_root
 from esker import devhub
 from esker.devhub import ESKER, RunningHub
 from esker.hubapi import SpawnRefused, run_code
 from esker.objectstore.ceph import CephCluster, read_service_state
-from esker.system.ports import free_port, free_port_range
 
 pytestmark = [pytest.mark.integration, pytest.mark.ceph, needs_root]
 
@@ -30,12 +30,7 @@ ENV = "import os; print('ENV', os.environ.get('AWS_ENDPOINT_URL'), os.environ.ge
 
 
 def embedded_storage() -> dict:
-    base = free_port_range(16)
-    ports: list[int] = []
-    while len(ports) < 2:
-        p = free_port()
-        if not base <= p < base + 16 and p not in ports:
-            ports.append(p)
+    base, ports = cluster_ports()
     return {"enabled": True, "endpoint": None, "timeout": 5, "start_wait": 60,
             "embedded": {"objectstore": "bluestore", "size": "4G", "port": ports[0], "mon_port": ports[1],
                          "ms_port_min": base, "ms_port_max": base + 15}}
