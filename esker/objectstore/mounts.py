@@ -31,6 +31,9 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from esker.system.procs import alive as _alive
+from esker.system.scratch import mounted as is_mounted  # the kernel's table, escapes decoded
+
 S3FS = "s3fs"
 # Marks this hub's s3fs daemons in their environment (not secret), so `esker stop --all` finds them.
 MARKER = "ESKER_MOUNT_OF"
@@ -57,31 +60,33 @@ def account_root(state_dir: str, account: str) -> str:
 def plan_mounts(grant: Mapping[str, str], root: str) -> list[Mount]:
     """What to mount for a storage grant (``bucket``, ``datasets`` {name: "s3://b/p/"}, ``writable`` [names]).
     A dataset inside a bucket already mounted whole is not mounted again: the whole-bucket mount shows it."""
-    datasets = json.loads(grant.get("datasets") or "{}")
     writable = set(json.loads(grant.get("writable") or "[]"))
     mounts = [Mount("bucket", grant["bucket"], "", os.path.join(root, grant["bucket"]), False)]
-    parsed = []
-    for name, url in sorted(datasets.items()):
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        parsed.append((name, bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""))
+    parsed = _datasets(grant)
     whole = {grant["bucket"]} | {b for _, b, p in parsed if not p}
     for name, bucket, prefix in parsed:
-        if prefix and bucket in whole:
-            continue
-        path = os.path.join(root, bucket, *prefix.strip("/").split("/")) if prefix else os.path.join(root, bucket)
-        mounts.append(Mount(name, bucket, prefix, path, name not in writable))
+        if not (prefix and bucket in whole):
+            mounts.append(Mount(name, bucket, prefix, _folder(root, bucket, prefix), name not in writable))
     return mounts
+
+
+def _datasets(grant: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(name, bucket, prefix "" or "a/b/") of the grant's datasets, by name."""
+    out = []
+    for name, url in sorted(json.loads(grant.get("datasets") or "{}").items()):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        out.append((name, bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""))
+    return out
+
+
+def _folder(root: str, bucket: str, prefix: str) -> str:
+    return os.path.join(root, bucket, *[p for p in prefix.split("/") if p])
 
 
 def dataset_dirs(mounts: Iterable[Mount], grant: Mapping[str, str], root: str) -> dict[str, str]:
     """Every readable dataset's local folder (including those shown by a whole-bucket mount)."""
     mounted = {m.bucket for m in mounts}
-    out = {}
-    for name, url in json.loads(grant.get("datasets") or "{}").items():
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        if bucket in mounted:
-            out[name] = os.path.join(root, bucket, *[p for p in prefix.split("/") if p])
-    return out
+    return {name: _folder(root, bucket, prefix) for name, bucket, prefix in _datasets(grant) if bucket in mounted}
 
 
 def s3fs_command(m: Mount, endpoint: str, uid: int, gid: int) -> list[str]:
@@ -152,15 +157,6 @@ def link_home(home: str, root: str, uid: int, gid: int, name: str = "s3") -> str
         os.close(fd)
 
 
-def is_mounted(path: str) -> bool:
-    real = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == real for line in f)
-    except OSError:
-        return os.path.ismount(path)
-
-
 class MountError(Exception):
     """s3fs did not mount (the message has its last log lines)."""
 
@@ -226,14 +222,6 @@ def running(marker: str | None = None) -> list[tuple[int, str]]:
             continue
         found.append((int(entry), point.decode()))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _kill(pid: int) -> None:
