@@ -39,6 +39,7 @@ from esker.courses.reservations import machine_capacity
 from esker.courses.seats import SeatRefused, active_promises, check_seat, running_from_db
 from esker.objectstore.errors import StorageError, StorageUnavailable
 from esker.runtime import Runtime, default_state_dir, get_runtime
+from esker.spawner import readiness
 from esker.state.coursestore import CourseStore, effective_courses
 
 STORAGE_WAIT_EVERY = 2.0  # seconds between "Waiting for object storage" progress messages
@@ -328,11 +329,34 @@ class EskerSpawner(Spawner):
             raise
 
     async def _esker_start(self, sel: Selection):
+        t0 = time.monotonic()
         await self.esker_prepare(sel)
         self._esker_prepared = True
         url = await super().start()
         await self.esker_started()
+        await self._esker_wait_answering(url, t0)
         return url
+
+    async def _esker_wait_answering(self, url, t0: float) -> None:
+        """Return the moment the server answers, so the hub's first readiness check succeeds (readiness.py says
+        why); within what is left of start_timeout, after which JupyterHub's own polling takes over."""
+        if self.internal_ssl or self.server is None:
+            return  # the hub's client certificates are JupyterHub's business
+        if isinstance(url, tuple):
+            url = f"http://{url[0] or '127.0.0.1'}:{url[1]}"
+        left = (self.start_timeout - 2 - (time.monotonic() - t0)) if self.start_timeout else self.http_timeout
+        budget = min(left, self.http_timeout)
+        if budget <= 0:
+            return
+        if not await readiness.wait_answering(f"{url.rstrip('/')}{self.server.base_url}api", budget,
+                                              self.esker_exit_status) and budget >= self.http_timeout:
+            # JupyterHub's own wait would end the same way, http_timeout later again.
+            raise readiness.NotAnswering(f"JupyterLab started but didn't respond within {self.http_timeout:g} s")
+
+    async def esker_exit_status(self) -> int | None:
+        """The server's exit status if its process (or pod) has ended, else None; a backend that can tell
+        cheaply says so, and a start that ends early then fails at once with the reason."""
+        return None
 
     async def esker_started(self) -> None:
         """After the backend started the server, before it counts as started: wait for what was started beside

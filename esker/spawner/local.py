@@ -164,6 +164,10 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
             metrics.gpu_assigned(self.owner_key, self.gpu_devices)
         return url
 
+    async def esker_exit_status(self) -> int | None:
+        proc = getattr(self, "proc", None)
+        return proc.poll() if proc is not None else None
+
     def get_env(self):
         env = super().get_env()
         plan: LaunchPlan | None = self.plan

@@ -57,9 +57,9 @@ def failed_spawn(hub, name):
 @pytest.mark.parametrize("name,reason", [
     ("slow-1", "did not start within 40 s (the last step was: slow on purpose)"),
     ("neverready-1", "didn't respond"),
-    # JupyterHub 6.1's spawn_single_user reads .exception() of a still-pending future when the server has
-    # exited by slow_spawn_timeout (InvalidStateError): the hub answers this one with its generic 500.
-    ("badexit-1", "Internal Server Error"),
+    # Seen by the spawner's own readiness wait at once (before, JupyterHub 6.1 answered a server that exited by
+    # slow_spawn_timeout with a bare 500 "Internal Server Error": InvalidStateError in spawn_single_user).
+    ("badexit-1", "JupyterLab exited with status 3 before it answered"),
     ("broken-1", "read-only"),
 ])
 def test_a_failed_spawn_says_why_and_gives_back_its_gpu(failing_hub, name, reason):
