@@ -227,7 +227,14 @@ class Stopper:
             self.out.stopped.append(f"bucket mount at {path} (s3fs pid {pid})")
 
     def scratch_dirs(self) -> set[str]:
-        """The scratch folders recorded in the hub's database for its servers."""
+        """The scratch folders recorded in the hub's database for its servers, and every filesystem still
+        mounted under the state dir once the bucket mounts are gone (a spawn cut off before the hub stored
+        its state leaves its scratch mounted and unrecorded)."""
+        base = os.path.realpath(self.state) + os.sep
+        found = {m for m in scratch.mounts() if m.startswith(base)}
+        return found | self._recorded_scratch_dirs()
+
+    def _recorded_scratch_dirs(self) -> set[str]:
         try:
             with sqlite3.connect(f"file:{self.state / 'jupyterhub.sqlite'}?mode=ro", uri=True) as conn:
                 rows = conn.execute("SELECT state FROM spawners WHERE state IS NOT NULL").fetchall()

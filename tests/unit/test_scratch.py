@@ -95,3 +95,21 @@ def test_a_kept_image_comes_back_with_its_files_and_a_fresh_one_is_empty(tmp_pat
     finally:
         scratch.release_quota(path, keep=False)
     assert _loops_of(scratch.image_path(path)) == ""
+
+
+@can_mount
+def test_stop_unmounts_a_scratch_the_hub_never_recorded(tmp_path):
+    """A spawn cut off before JupyterHub stored its state (a hub killed mid-start) leaves a mounted scratch no
+    database row names: `esker stop --all` finds it in the kernel's table under the state dir."""
+    from esker.app import shutdown
+
+    state = tmp_path / "state"
+    path = str(state / "scratch" / "esk-cut")
+    scratch.mount_quota(path, 32 * MiB, 0, 0, keep=False)
+    try:
+        out = shutdown.stop(str(state), everything=True)
+        assert not scratch.mounted(path), out
+        assert any("esk-cut" in line for line in out.stopped), out.stopped
+    finally:
+        if scratch.mounted(path):
+            scratch.unmount(path)
