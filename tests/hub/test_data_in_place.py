@@ -136,6 +136,30 @@ print("C" + json.dumps(open(os.path.join(d, "from-instructor.json")).read()))
         hub.stop("data-student")
 
 
+def test_a_dataset_policy_change_reaches_the_participant_at_the_next_start(running_hub, hub):
+    """Made an instructor (a writer of every dataset) between two starts, dana can write the dataset, through
+    the mount and the S3 API alike; no longer one, the next start is read-only again, at both doors."""
+    h, name = running_hub, "data-dana"
+    hub.ensure_user(name)
+    hub.ensure_user("data-teacher", groups=["instructors"])  # the group exists
+
+    def attempt() -> dict:
+        hub.spawn(name, {"profile": "minimal"})
+        try:
+            return result(run(h, hub, name, WRITE_DATASET), "W")
+        finally:
+            hub.stop(name)
+
+    w = attempt()
+    assert not w["wrote"] and w["errno"] == "EROFS" and w["api"].endswith(":AccessDenied"), w
+    hub.request("POST", "/groups/instructors/users", json={"users": [name]}).raise_for_status()
+    w = attempt()
+    assert w["wrote"] and w["api"] == "written", w
+    hub.request("DELETE", "/groups/instructors/users", json={"users": [name]}).raise_for_status()
+    w = attempt()
+    assert not w["wrote"] and w["errno"] == "EROFS" and w["api"].endswith(":AccessDenied"), w
+
+
 def test_a_user_cannot_reach_another_users_mounts(running_hub, hub):
     h = running_hub
     hub.ensure_user("data-carol")
