@@ -40,7 +40,7 @@ from esker.system.accounts import system_username
 log = logging.getLogger("esker.courses")
 
 INSTRUCTOR_FIELDS = {"display_name", "participants", "content", "window", "seats", "password", "idle_timeout",
-                     "profiles"}
+                     "prestart_lead", "prestart_grace", "profiles"}
 
 
 class JsonHandler(web.RequestHandler):

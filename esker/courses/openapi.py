@@ -33,7 +33,7 @@ COURSE_PATCH = {
     "additionalProperties": False,
     "description": "The fields to change. null resets a field to its default (a course without a password, "
     "without a window). Instructors may change display_name, participants, content, window, seats, password, "
-    "idle_timeout and profiles; group, instructors and datasets only admins.",
+    "idle_timeout, prestart_lead, prestart_grace and profiles; group, instructors and datasets only admins.",
     "properties": {k: (copy.deepcopy(v) if k == "group" else _nullable(copy.deepcopy(v)))
                    for k, v in COURSE["properties"].items() if k != "name"},
 }
@@ -73,7 +73,7 @@ COURSE_OUT = {
     "type": "object",
     "description": "A course. participants is present for admins and the course's instructors only.",
     "required": ["name", "group", "display_name", "instructors", "content", "datasets", "profiles", "password",
-                 "window", "seats", "idle_timeout", "source"],
+                 "window", "seats", "idle_timeout", "prestart_lead", "prestart_grace", "source"],
     "properties": {
         "name": SLUG,
         "group": {"type": "string"},
@@ -90,6 +90,10 @@ COURSE_OUT = {
                                                                "end": {"type": "string"}}}]},
         "seats": {"type": "integer"},
         "idle_timeout": {"type": "integer"},
+        "prestart_lead": {"type": "integer", "description": "Seconds before a reservation's window when its "
+                          "participants' servers are started (0: not pre-started)."},
+        "prestart_grace": {"type": "integer", "description": "Seconds after the window opens during which "
+                           "pre-started servers are kept from the idle cullers."},
         "source": {"enum": ["config", "runtime"],
                    "description": "config: from esker.yaml (perhaps changed at run time); runtime: created "
                    "through this API."},
