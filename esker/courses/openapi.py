@@ -114,13 +114,49 @@ RESERVATION = {
         "created_by": {"type": "string"},
     },
 }
+PRESTART = {
+    "type": ["object", "null"],
+    "description": "The latest pre-start pass (null until the reservation's lead time has begun, or when its "
+    "course has prestart_lead 0): the booked participants' servers the service started before the window.",
+    "required": ["lead", "grace", "phase", "seats", "opens_at", "protected_until", "running", "starting", "failed",
+                 "stopped", "already_running", "over_seats", "attempts", "checked_at", "message"],
+    "properties": {
+        "lead": {"type": "integer", "description": "The course's prestart_lead (seconds)."},
+        "grace": {"type": "integer", "description": "The course's prestart_grace (seconds)."},
+        "phase": {"enum": ["waiting", "lead", "grace", "after"],
+                  "description": "lead: servers are being started; grace: the window is open and pre-started "
+                  "servers are kept from the idle cullers."},
+        "seats": {"type": "integer"},
+        "opens_at": {"type": "string", "description": "When pre-starting began (the window's start - lead)."},
+        "protected_until": {"type": "string", "description": "The window's start + grace."},
+        "running": {**_STRINGS, "description": "Participants whose pre-started server is running."},
+        "starting": {**_STRINGS, "description": "Participants whose server the hub is starting."},
+        "failed": {"type": "array", "description": "Starts that failed, retried with a backoff until the window "
+                   "opens (the seat stays reserved).",
+                   "items": {"type": "object", "required": ["user", "message", "attempts"],
+                             "properties": {"user": {"type": "string"},
+                                            "message": {"type": "string", "description": "The hub's answer."},
+                                            "attempts": {"type": "integer"},
+                                            "next_try": {"type": ["string", "null"]}}}},
+        "stopped": {**_STRINGS, "description": "Participants removed from the course whose pre-started server "
+                    "was stopped."},
+        "already_running": {**_STRINGS, "description": "Participants with a server of their own (left alone; "
+                            "they count toward the seats)."},
+        "over_seats": {**_STRINGS, "description": "Participants beyond the seats: not pre-started."},
+        "attempts": {"type": "object", "additionalProperties": {"type": "integer"},
+                     "description": "Failed starts in a row, per participant."},
+        "checked_at": {"type": "string"},
+        "message": {"type": "string", "description": "ok, or what needs attention (over seats, failures)."},
+    },
+}
 RESERVATION_LISTED = {
     "allOf": [RESERVATION],
-    "required": ["prewarmed_at", "prewarm"],
+    "required": ["prewarmed_at", "prewarm", "prestart"],
     "properties": {
         "prewarmed_at": {"type": ["string", "null"],
                          "description": "When pre-warming first found everything ready (kept)."},
         "prewarm": {"type": ["object", "null"], "description": "The latest pre-warming pass's findings."},
+        "prestart": PRESTART,
     },
 }
 REFUSAL = {
@@ -263,7 +299,8 @@ def spec(prefix: str = "/services/esker-courses/") -> dict:
         "/api/reservations": {
             "get": {
                 "operationId": "listReservations",
-                "summary": "Reservations of the courses the caller manages, with what pre-warming found",
+                "summary": "Reservations of the courses the caller manages, with what pre-warming found and which "
+                           "participants' servers were pre-started",
                 "responses": {**_ok("The reservations", {"type": "array", "items": _ref("ReservationListed")}),
                               "403": FORBIDDEN},
             },

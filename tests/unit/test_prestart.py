@@ -222,3 +222,28 @@ def test_outcomes_count_each_change_once():
     assert P.outcomes(b, b) == {}
     c = {"p1": P.after_stop(b["p1"], 204)}
     assert P.outcomes(b, c) == {"stopped": 1}
+
+
+def test_the_hubs_metrics_read_the_records(tmp_path):
+    """esker_prestart_* on the hub's /hub/metrics: the hub process reads what the courses service recorded."""
+    from prometheus_client import CollectorRegistry
+
+    from esker import metrics
+
+    path = tmp_path / "courses.sqlite"
+    reg = CollectorRegistry()
+    reg.register(metrics.PrestartCollector(lambda: str(path)))
+    assert reg.get_sample_value("esker_prestart_total", {"outcome": "started"}) == 0
+    assert not path.exists()  # a scrape creates no store
+    store = CourseStore(path)
+    r = res(seats=2)
+    store.reserve(r, lambda n, e: Decision(True))
+    now = T0 - timedelta(minutes=5)
+    entries = {"p1": P.Entry("p1", "running", started="s"), "p2": P.Entry("p2", "failed", 2, "boom")}
+    plan = P.plan_prestart(now, r, win(r), NAMED, NAMED, {"p1": ready("s")}, entries)
+    store.put_prestart(r.id, plan.entries, P.summary(plan, win(r), now, LEAD, GRACE), {"started": 1, "failed": 2})
+    assert reg.get_sample_value("esker_prestart_total", {"outcome": "started"}) == 1
+    assert reg.get_sample_value("esker_prestart_total", {"outcome": "failed"}) == 2
+    assert reg.get_sample_value("esker_prestart_servers", {"status": "running"}) == 1
+    assert reg.get_sample_value("esker_prestart_servers", {"status": "failed"}) == 1
+    assert reg.get_sample_value("esker_prestart_over_seats") == 3
