@@ -193,8 +193,10 @@ async def prewarm_once(st: ServiceState, now: datetime | None = None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ pre-start
-def _hub_time(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def activity_body(now: datetime) -> dict:
+    """``POST /users/<name>/activity``'s body: the user's and the default server's last activity at ``now``."""
+    t = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"last_activity": t, "servers": {"": {"last_activity": t}}}
 
 
 async def _servers(st: ServiceState, users) -> dict[str, Server]:
@@ -229,9 +231,7 @@ async def _stop(st: ServiceState, user: str) -> tuple[int, str]:
 async def _report_activity(st: ServiceState, user: str, now: datetime) -> None:
     """The hub's last_activity of a protected server moved to now, so the hub-wide idle culler (which decides
     on it) leaves it alone; after the grace nothing is reported and it decays like any other."""
-    t = _hub_time(now)
-    code, data = await st.api.request("POST", f"/users/{q(user)}/activity",
-                                      {"last_activity": t, "servers": {"": {"last_activity": t}}})
+    code, data = await st.api.request("POST", f"/users/{q(user)}/activity", activity_body(now))
     if code not in (200, 204):
         log.warning("pre-start: could not report activity for %s's server: the hub answered %s %s", user, code,
                     (data or {}).get("message", "") if isinstance(data, dict) else "")
