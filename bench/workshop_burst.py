@@ -283,6 +283,12 @@ def main() -> int:
             ax.step(xs, [(i + 1) / r["users"] for i in range(len(xs))], where="post",
                     label=f"{r['mode']}: median {r['median_s']:.1f}s, max {r['max_s']:.1f}s")
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= 1.5 * max(
+        [x for r in results for x in r["ready_s"] if x == x] or [1])])
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("seconds from the login form to a running JupyterLab (log)")
     ax.set_ylabel("share of participants")
     title = f"{args.users} participants log in at once"
