@@ -50,6 +50,17 @@ class Hub:
         r.raise_for_status()
         return r.json()["token"]
 
+    def form_login(self, name: str, password: str = "x", next_url: str | None = None,
+                   timeout: float = 600) -> tuple[requests.Session, requests.Response]:
+        """Log in through the HTML login form as a browser does and follow the redirects (to the spawn page, the
+        spawn-pending page, or straight into a running server). Returns the session (its cookies) and the last
+        response; ``response.url`` says where the participant landed."""
+        s = requests.Session()
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', s.get(f"{self.url}/hub/login", timeout=60).text).group(1)
+        url = f"{self.url}/hub/login" + (f"?next={next_url}" if next_url else "")
+        r = s.post(url, data={"username": name, "password": password, "_xsrf": xsrf}, timeout=timeout)
+        return s, r
+
     def login_token(self, name: str, password: str = "x", note: str = "esker") -> str:
         """A user's own token, from logging in through the login form as a browser does: it carries what the
         user may do, shares included (one minted with an admin token carries only what that token holds)."""

@@ -12,8 +12,10 @@ Two kinds of figures:
   raise: a metrics bug must not fail a spawn.
 * **State read at scrape time** by collectors that ``install()`` registers once per hub process: GPU
   assignments from the allocation ledger (so they are right after a hub restart) joined with NVML
-  utilisation, running servers per profile, and the Spark servers' own masters' ``/json/`` (fetched in a
-  background thread with a short timeout and cached, so a scrape never waits on Spark).
+  utilisation, running servers per profile, the participants' servers the esker-courses service pre-started
+  (from its records in the course store, which that service writes: it is another process, and the store is
+  what both share, as the seat check at spawn reads it), and the Spark servers' own masters' ``/json/``
+  (fetched in a background thread with a short timeout and cached, so a scrape never waits on Spark).
 
 Label values are bounded: profiles are the catalog's slugs (anything else is reported as ``other``, so a
 forged spawn request cannot create series), users are the hub's users.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import threading
 import time
@@ -30,10 +33,12 @@ from typing import Callable, Iterable
 
 from esker import resources
 from esker.runtime import default_state_dir, get_runtime
+from esker.courses.prestart import FAILED, RUNNING, STARTING
 from esker.spark.cluster import master_status
+from esker.state.coursestore import CourseStore
 from esker.system.gpus import usage_by_device
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("esker.metrics")
@@ -270,6 +275,61 @@ class ServersCollector(Collector):
         yield g
 
 
+PRESTART_OUTCOMES = ("started", "failed", "stopped")
+PRESTART_STATES = (RUNNING, STARTING, FAILED)
+
+
+class PrestartCollector(Collector):
+    """The esker-courses service's pre-starts, read from the course store at scrape time:
+    esker_prestart_total{outcome}, esker_prestart_servers{status}, esker_prestart_over_seats."""
+
+    def __init__(self, store_path: Callable[[], str]):
+        self._path = store_path
+
+    def read(self) -> tuple[dict, dict, int]:
+        totals = {o: 0 for o in PRESTART_OUTCOMES}
+        states = {s: 0 for s in PRESTART_STATES}
+        over = 0
+        try:
+            path = self._path()
+            if not os.path.exists(path):  # no course store yet: nothing pre-started (and none created here)
+                return totals, states, over
+            store = CourseStore(path)
+            live = {r.id for r in store.reservations()}
+            for o, n in store.prestart_totals().items():
+                if o in totals:
+                    totals[o] = n
+            for rid, entries in store.prestart_entries().items():
+                if rid in live:
+                    for e in entries.values():
+                        if e.status in states:
+                            states[e.status] += 1
+            over = sum(len(s.get("over_seats") or ()) for rid, s in store.prestart_summaries().items()
+                       if rid in live and s.get("phase") == "lead")
+        except Exception as e:  # noqa: BLE001 - a scrape never fails on the course store
+            log.warning("metrics: cannot read the course store's pre-starts: %s", e)
+        return totals, states, over
+
+    def collect(self):
+        totals, states, over = self.read()
+        c = CounterMetricFamily("esker_prestart", "Participants' servers the esker-courses service pre-started "
+                                "before a reservation's window, per outcome: started (the server became ready), "
+                                "failed (a start the hub refused or that failed; retried with a backoff), stopped "
+                                "(the participant left the course, or the reservation was deleted).",
+                                labels=["outcome"])
+        for o in PRESTART_OUTCOMES:
+            c.add_metric([o], totals[o])
+        yield c
+        g = GaugeMetricFamily("esker_prestart_servers", "Participants of current reservations by pre-start status: "
+                              "running (pre-started and ready), starting, failed (waiting for the next try).",
+                              labels=["status"])
+        for s_ in PRESTART_STATES:
+            g.add_metric([s_], states[s_])
+        yield g
+        yield GaugeMetricFamily("esker_prestart_over_seats", "Participants of reservations in their lead time who "
+                                "are not pre-started because the reservation's seats are taken.", value=over)
+
+
 class GpuCollector(Collector):
     """GPU assignments per user (ledger and spawner reports) and, where NVML exists, their utilisation."""
 
@@ -453,6 +513,7 @@ def install(runtime=None, registry=REGISTRY, spark_interval: float = 15.0) -> di
     collectors: dict[str, Collector] = {
         "servers": ServersCollector(),
         "gpus": GpuCollector(lambda: rt.ledger, usage_by_device),  # NVML absent: {} and no usage series
+        "prestart": PrestartCollector(lambda: os.path.join(rt.state_dir, "courses.sqlite")),
     }
     spark = rt.config["spark"]
     if spark["enabled"] and not spark["master_url"]:

@@ -88,11 +88,34 @@ def cmd_course_sync(args) -> int:
     return _show(args, _call(args, "POST", f"/courses/{args.name}/sync"), table)
 
 
+def prestart_line(p: dict | None) -> str | None:
+    """One line on a reservation's pre-start (``GET api/reservations``' ``prestart``), or None before it begins."""
+    if not p:
+        return None
+    parts = [f"pre-start ({p['phase']}): {len(p['running'])}/{p['seats']} running"]
+    if p["starting"]:
+        parts.append(f"{len(p['starting'])} starting")
+    if p["already_running"]:
+        parts.append(f"{len(p['already_running'])} already running")
+    if p["failed"]:
+        parts.append(f"{len(p['failed'])} failed: " + "; ".join(
+            f"{f['user']} ({f['attempts']} attempt{'s' if f['attempts'] != 1 else ''}): {f['message']}"
+            for f in p["failed"]))
+    if p["over_seats"]:
+        parts.append(f"over seats, not pre-started: {', '.join(p['over_seats'])}")
+    if p["stopped"]:
+        parts.append(f"stopped (left the course): {', '.join(p['stopped'])}")
+    return ", ".join(parts)
+
+
 def cmd_reserve_list(args) -> int:
     def table(rs):
         for r in rs:
             print(f"{r['id']:<12} {r['course']:<20} {r['seats']:>3} x {r['profile']:<14} {r['start'][:16]} -> "
                   f"{r['end'][:16]}")
+            line = prestart_line(r.get("prestart"))
+            if line:
+                print(f"{'':<12} {line}")
     return _show(args, _call(args, "GET", "/reservations"), table)
 
 

@@ -415,6 +415,17 @@ COURSE = {
                   "description": "Servers reserved for participants during the window (0: no reservation)."},
         "idle_timeout": {"type": "integer", "minimum": 60, "default": 3600,
                          "description": "Seconds after which an idle participant's server is stopped."},
+        "prestart_lead": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 600,
+                          "description": "Seconds before a reservation's window opens when the esker-courses service "
+                          "starts the booked participants' servers with the reserved profile (course content merged, "
+                          "datasets linked, as at a normal spawn), so a participant who logs in finds it running. At "
+                          "most the reservation's seats are started; participants added at run time are started at "
+                          "the next pass; a failed start is retried with a backoff until the window opens. 0: no "
+                          "pre-start (servers start when participants log in)."},
+        "prestart_grace": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 900,
+                           "description": "Seconds after the window opens during which a pre-started server is kept "
+                           "from the idle cullers (the course's idle_timeout and the hub-wide culler) even if nobody "
+                           "has used it yet; after that it is culled like any other."},
     },
 }
 

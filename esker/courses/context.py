@@ -40,6 +40,9 @@ class ServiceState:
         self.spark_check = spark_check
         self.kube = kube
         self.placeholders_made: set[str] = set()
+        # Pre-start (esker.courses.prestart): a failed start is retried after base * 2**(n-1) seconds, at most cap.
+        base = float(os.environ.get("ESKER_COURSES_PRESTART_BACKOFF", "60"))
+        self.prestart_backoff = (base, 10 * base)
         self.access_lock = asyncio.Lock()  # one access pass at a time (handlers and the periodic pass)
 
     def courses(self) -> dict[str, Course]:

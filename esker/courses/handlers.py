@@ -40,7 +40,7 @@ from esker.system.accounts import system_username
 log = logging.getLogger("esker.courses")
 
 INSTRUCTOR_FIELDS = {"display_name", "participants", "content", "window", "seats", "password", "idle_timeout",
-                     "profiles"}
+                     "prestart_lead", "prestart_grace", "profiles"}
 
 
 class JsonHandler(web.RequestHandler):
@@ -288,8 +288,9 @@ class ReservationsHandler(Base):
     async def get(self):
         courses = self.st.courses()
         warm = self.st.store.prewarm_records()
+        started = self.st.store.prestart_summaries()
         out = [{**r.to_dict(), "prewarmed_at": (warm.get(r.id) or {}).get("prewarmed_at"),
-                "prewarm": warm.get(r.id)}
+                "prewarm": warm.get(r.id), "prestart": started.get(r.id)}
                for r in self.st.store.reservations()
                if self.is_admin or (r.course in courses and self.may_manage(courses[r.course]))]
         self.json(out)

@@ -78,6 +78,28 @@ class HubApi:
         return (code, data) if code in ok else (code, None)
 
 
+async def spawn_failure(api: HubApi, user: str, timeout: float = 10) -> str | None:
+    """Why ``user``'s last start failed, as the hub tells a browser's spawn-pending page (the progress stream's
+    ``failed`` event: ``Spawn failed: ...``), or None when the hub does not say."""
+    req = HTTPRequest(f"{api.url}/users/{q(user)}/server/progress", headers={"Authorization": f"token {api.token}"},
+                      request_timeout=timeout)
+    try:
+        r = await api.http.fetch(req, raise_error=False)
+    except OSError:
+        return None
+    if r.code != 200 or not r.body:
+        return None
+    for line in r.body.decode(errors="replace").splitlines():
+        if line.startswith("data:"):
+            try:
+                event = json.loads(line[5:])
+            except ValueError:
+                continue
+            if event.get("failed"):
+                return str(event.get("message") or "Spawn failed")
+    return None
+
+
 async def ensure_users(api: HubApi, names: Iterable[str]) -> None:
     """Create the hub users that do not exist yet (the hub answers 409 when none is new)."""
     names = sorted(set(names))

@@ -1,17 +1,35 @@
-"""The esker-courses service's periodic jobs: per-course idle culling (with dropping ended reservations) and
+"""The esker-courses service's periodic jobs: per-course idle culling (with dropping ended reservations),
 pre-warming before reservation windows (embedded: build the reserved profiles' environments and check that
-Spark servers can start their clusters; Kubernetes: seat placeholder pods)."""
+Spark servers can start their clusters; Kubernetes: seat placeholder pods) and pre-starting the booked
+participants' servers through the hub's REST API (both backends: the hub's spawner does the work)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from esker import resources
 from esker.courses.context import ServiceState
-from esker.courses.hubsync import q
+from esker.courses.hubsync import _bounded, group_members, q, spawn_failure
+from esker.courses.model import parse_when
+from esker.courses.prestart import (
+    STARTING,
+    STOPPED,
+    Server,
+    Window,
+    after_start,
+    after_stop,
+    orphan_stops,
+    outcomes,
+    plan_prestart,
+    protected_users,
+    reconcile,
+    summary,
+    vanished,
+)
 from esker.courses.prewarm import (
     PLACEHOLDER_SELECTOR,
     environments_to_build,
@@ -44,13 +62,17 @@ def spark_master_check(cfg):
 
 
 async def cull_once(st: ServiceState, now: datetime | None = None) -> list[str]:
-    """Stop participants' servers idle longer than their course's idle_timeout; drop ended reservations."""
+    """Stop participants' servers idle longer than their course's idle_timeout; drop ended reservations. A server
+    this service pre-started is left alone until its window's start plus the course's prestart_grace."""
     now = now or datetime.now(timezone.utc)
     st.store.expire(now)
+    protected = protected_users(now, st.store.prestart_entries())
     stopped = []
     for c in st.courses().values():
         code, group = await st.api("GET", f"/groups/{q(c.group)}", ok=(200,))
         for u in (group or {}).get("users", ()):
+            if u in protected:
+                continue
             code, user = await st.api("GET", f"/users/{q(u)}", ok=(200,))
             server = ((user or {}).get("servers") or {}).get("")
             if not server or not server.get("ready") or not server.get("last_activity"):
@@ -167,4 +189,116 @@ async def prewarm_once(st: ServiceState, now: datetime | None = None) -> dict:
                      d.reservation.seats, d.reservation.profile, d.reservation.start.isoformat(), rec["status"])
         st.store.put_prewarm(rid, rec)
     out["due"] = [d.reservation.id for d in plan.due]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ pre-start
+def activity_body(now: datetime) -> dict:
+    """``POST /users/<name>/activity``'s body: the user's and the default server's last activity at ``now``."""
+    t = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"last_activity": t, "servers": {"": {"last_activity": t}}}
+
+
+async def _servers(st: ServiceState, users) -> dict[str, Server]:
+    """Each user's default server as the hub has it now (the truth the records are reconciled with)."""
+    async def one(u):
+        code, data = await st.api.request("GET", f"/users/{q(u)}")
+        if code == 200:
+            return u, Server.from_user(data)
+        if code == 404:
+            return u, Server()
+        raise RuntimeError(f"reading user {u}: the hub answered {code}")
+
+    return dict(await _bounded(one(u) for u in sorted(set(users))))
+
+
+async def _start(st: ServiceState, user: str, profile: str) -> tuple[int, str]:
+    try:
+        code, data = await st.api.request("POST", f"/users/{q(user)}/server", {"profile": profile})
+    except Exception as e:  # noqa: BLE001 - the hub did not answer: recorded as a failure, retried later
+        return 502, str(getattr(e, "log_message", "") or e)
+    return code, (data or {}).get("message", "") if isinstance(data, dict) else ""
+
+
+async def _stop(st: ServiceState, user: str) -> tuple[int, str]:
+    try:
+        code, data = await st.api.request("DELETE", f"/users/{q(user)}/server")
+    except Exception as e:  # noqa: BLE001
+        return 502, str(getattr(e, "log_message", "") or e)
+    return code, (data or {}).get("message", "") if isinstance(data, dict) else ""
+
+
+async def _report_activity(st: ServiceState, user: str, now: datetime) -> None:
+    """The hub's last_activity of a protected server moved to now, so the hub-wide idle culler (which decides
+    on it) leaves it alone; after the grace nothing is reported and it decays like any other."""
+    code, data = await st.api.request("POST", f"/users/{q(user)}/activity", activity_body(now))
+    if code not in (200, 204):
+        log.warning("pre-start: could not report activity for %s's server: the hub answered %s %s", user, code,
+                    (data or {}).get("message", "") if isinstance(data, dict) else "")
+
+
+async def prestart_once(st: ServiceState, now: datetime | None = None) -> dict:
+    """One pre-start pass: for each reservation in its lead or grace period (esker.courses.prestart), read the
+    course group's members and their servers from the hub, reconcile the records, then start, stop and report
+    activity as the plan says, and record the result (``GET api/reservations``: ``prestart``; the hub's metrics
+    read the same records). Servers of a deleted reservation whose window had not opened are stopped."""
+    now = now or datetime.now(timezone.utc)
+    courses = st.courses()
+    reservations = {r.id: r for r in st.store.reservations()}
+    records = st.store.prestart_entries()
+    before_summaries = st.store.prestart_summaries()
+    base, cap = st.prestart_backoff
+    out: dict = {}
+    for r in reservations.values():
+        c = courses.get(r.course)
+        if c is None:
+            continue
+        w = Window.of(r, c.prestart_lead, c.prestart_grace)
+        if w.phase(now) in ("waiting", "after"):
+            continue
+        group = r.group or c.group
+        entries = records.get(r.id, {})
+        members = (await group_members(st.api, [group]))[group]
+        servers = await _servers(st, set(members) | set(entries))
+        failures = {}
+        for u in vanished(entries, servers):
+            failures[u] = await spawn_failure(st.api, u)
+        plan = plan_prestart(now, r, w, sorted(members), c.participants, servers, entries, failures, base, cap)
+        after = dict(plan.entries)
+        answers = await _bounded(_start(st, u, r.profile) for u in plan.start)
+        for u, (code, msg) in zip(plan.start, answers):
+            after[u] = after_start(after.get(u), u, w, code, msg, now, base, cap)
+            if code not in (201, 202):
+                log.warning("pre-start of %s's server for %s failed (attempt %d): %s", u, r.course,
+                            after[u].attempts, after[u].message)
+        stops = await _bounded(_stop(st, u) for u in plan.stop)
+        for u, (code, msg) in zip(plan.stop, stops):
+            after[u] = after_stop(after[u], code, msg)
+        await _bounded(_report_activity(st, u, now) for u in plan.keep_alive)
+        final = replace(plan, entries=after)
+        rec = summary(final, w, now, c.prestart_lead, c.prestart_grace)
+        st.store.put_prestart(r.id, after, rec, outcomes(entries, after))
+        prev = before_summaries.get(r.id) or {}
+        if plan.start or plan.stop:
+            log.info("pre-start for %s (reservation %s, %d seats of %s from %s): starting %s; stopping %s", r.course,
+                     r.id, r.seats, r.profile, r.start.isoformat(), ", ".join(plan.start) or "none",
+                     ", ".join(plan.stop) or "none")
+        if plan.over_seats and prev.get("over_seats") != list(plan.over_seats):
+            log.warning("pre-start for %s: %d participants for %d seats; not pre-started: %s", r.course,
+                        len(plan.over_seats) + r.seats, r.seats, ", ".join(plan.over_seats))
+        out[r.id] = rec
+    for rid, entries in records.items():
+        if rid in reservations:
+            continue
+        servers = await _servers(st, entries)
+        after = {u: e2 for u, e in entries.items() if (e2 := reconcile(e, servers.get(u, Server()))) is not None}
+        stop = orphan_stops(now, after, servers)
+        for u, (code, msg) in zip(stop, await _bounded(_stop(st, u) for u in stop)):
+            after[u] = after_stop(after[u], code, msg, "the reservation was deleted")
+        if stop:
+            log.info("pre-start: reservation %s is gone; stopped %s", rid, ", ".join(stop))
+        # kept: a stop the hub refused, and starts still pending before the window (stopped once ready)
+        left = {u: e for u, e in after.items()
+                if (u in stop and e.status != STOPPED) or (e.status == STARTING and e.start and now < parse_when(e.start))}
+        st.store.put_prestart(rid, left, None, outcomes(entries, after))
     return out

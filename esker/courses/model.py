@@ -39,6 +39,8 @@ class Course:
     end: datetime | None = None
     seats: int = 0
     idle_timeout: int = 3600
+    prestart_lead: int = 600  # seconds before a reservation's window: participants' servers started
+    prestart_grace: int = 900  # seconds after it opens: pre-started servers kept from the cullers
     source: str = "config"  # or "runtime" (created through the service)
 
     @classmethod
@@ -51,7 +53,9 @@ class Course:
             profiles=tuple(c.get("profiles", ())), password=c.get("password"),
             start=parse_when(w["start"]) if w.get("start") else None,
             end=parse_when(w["end"]) if w.get("end") else None,
-            seats=int(c.get("seats", 0)), idle_timeout=int(c.get("idle_timeout", 3600)), source=source,
+            seats=int(c.get("seats", 0)), idle_timeout=int(c.get("idle_timeout", 3600)),
+            prestart_lead=int(c.get("prestart_lead", 600)), prestart_grace=int(c.get("prestart_grace", 900)),
+            source=source,
         )
 
     def to_dict(self, secrets: bool = False) -> dict:

@@ -33,7 +33,7 @@ COURSE_PATCH = {
     "additionalProperties": False,
     "description": "The fields to change. null resets a field to its default (a course without a password, "
     "without a window). Instructors may change display_name, participants, content, window, seats, password, "
-    "idle_timeout and profiles; group, instructors and datasets only admins.",
+    "idle_timeout, prestart_lead, prestart_grace and profiles; group, instructors and datasets only admins.",
     "properties": {k: (copy.deepcopy(v) if k == "group" else _nullable(copy.deepcopy(v)))
                    for k, v in COURSE["properties"].items() if k != "name"},
 }
@@ -73,7 +73,7 @@ COURSE_OUT = {
     "type": "object",
     "description": "A course. participants is present for admins and the course's instructors only.",
     "required": ["name", "group", "display_name", "instructors", "content", "datasets", "profiles", "password",
-                 "window", "seats", "idle_timeout", "source"],
+                 "window", "seats", "idle_timeout", "prestart_lead", "prestart_grace", "source"],
     "properties": {
         "name": SLUG,
         "group": {"type": "string"},
@@ -90,6 +90,10 @@ COURSE_OUT = {
                                                                "end": {"type": "string"}}}]},
         "seats": {"type": "integer"},
         "idle_timeout": {"type": "integer"},
+        "prestart_lead": {"type": "integer", "description": "Seconds before a reservation's window when its "
+                          "participants' servers are started (0: not pre-started)."},
+        "prestart_grace": {"type": "integer", "description": "Seconds after the window opens during which "
+                           "pre-started servers are kept from the idle cullers."},
         "source": {"enum": ["config", "runtime"],
                    "description": "config: from esker.yaml (perhaps changed at run time); runtime: created "
                    "through this API."},
@@ -110,13 +114,49 @@ RESERVATION = {
         "created_by": {"type": "string"},
     },
 }
+PRESTART = {
+    "type": ["object", "null"],
+    "description": "The latest pre-start pass (null until the reservation's lead time has begun, or when its "
+    "course has prestart_lead 0): the booked participants' servers the service started before the window.",
+    "required": ["lead", "grace", "phase", "seats", "opens_at", "protected_until", "running", "starting", "failed",
+                 "stopped", "already_running", "over_seats", "attempts", "checked_at", "message"],
+    "properties": {
+        "lead": {"type": "integer", "description": "The course's prestart_lead (seconds)."},
+        "grace": {"type": "integer", "description": "The course's prestart_grace (seconds)."},
+        "phase": {"enum": ["waiting", "lead", "grace", "after"],
+                  "description": "lead: servers are being started; grace: the window is open and pre-started "
+                  "servers are kept from the idle cullers."},
+        "seats": {"type": "integer"},
+        "opens_at": {"type": "string", "description": "When pre-starting began (the window's start - lead)."},
+        "protected_until": {"type": "string", "description": "The window's start + grace."},
+        "running": {**_STRINGS, "description": "Participants whose pre-started server is running."},
+        "starting": {**_STRINGS, "description": "Participants whose server the hub is starting."},
+        "failed": {"type": "array", "description": "Starts that failed, retried with a backoff until the window "
+                   "opens (the seat stays reserved).",
+                   "items": {"type": "object", "required": ["user", "message", "attempts"],
+                             "properties": {"user": {"type": "string"},
+                                            "message": {"type": "string", "description": "The hub's answer."},
+                                            "attempts": {"type": "integer"},
+                                            "next_try": {"type": ["string", "null"]}}}},
+        "stopped": {**_STRINGS, "description": "Participants removed from the course whose pre-started server "
+                    "was stopped."},
+        "already_running": {**_STRINGS, "description": "Participants with a server of their own (left alone; "
+                            "they count toward the seats)."},
+        "over_seats": {**_STRINGS, "description": "Participants beyond the seats: not pre-started."},
+        "attempts": {"type": "object", "additionalProperties": {"type": "integer"},
+                     "description": "Failed starts in a row, per participant."},
+        "checked_at": {"type": "string"},
+        "message": {"type": "string", "description": "ok, or what needs attention (over seats, failures)."},
+    },
+}
 RESERVATION_LISTED = {
     "allOf": [RESERVATION],
-    "required": ["prewarmed_at", "prewarm"],
+    "required": ["prewarmed_at", "prewarm", "prestart"],
     "properties": {
         "prewarmed_at": {"type": ["string", "null"],
                          "description": "When pre-warming first found everything ready (kept)."},
         "prewarm": {"type": ["object", "null"], "description": "The latest pre-warming pass's findings."},
+        "prestart": PRESTART,
     },
 }
 REFUSAL = {
@@ -259,7 +299,8 @@ def spec(prefix: str = "/services/esker-courses/") -> dict:
         "/api/reservations": {
             "get": {
                 "operationId": "listReservations",
-                "summary": "Reservations of the courses the caller manages, with what pre-warming found",
+                "summary": "Reservations of the courses the caller manages, with what pre-warming found and which "
+                           "participants' servers were pre-started",
                 "responses": {**_ok("The reservations", {"type": "array", "items": _ref("ReservationListed")}),
                               "403": FORBIDDEN},
             },

@@ -50,13 +50,16 @@ def course_groups(cfg, courses: Iterable[Course] | None = None) -> dict[str, dic
 
 SERVICE_ENV_KEEP = ("ESKER_ENVS_DIR", "ESKER_COURSES_CULL_EVERY", "ESKER_COURSES_PREWARM_EVERY",
                     "ESKER_COURSES_PREWARM_LOOKAHEAD", "ESKER_COURSES_ACCESS_EVERY", "ESKER_COURSES_BACKEND",
+                    "ESKER_COURSES_PRESTART_EVERY", "ESKER_COURSES_PRESTART_BACKOFF",
                     "UV_CACHE_DIR")
 # What the service's token may do, and why (the same role in both modes: esker.app.configurer.course_traits, for
 # the embedded hub and the chart's hub.extraConfig alike). JupyterHub 5+ scopes.
 SERVICE_SCOPES = [
-    "admin:users",   # create the accounts a course names (POST /users); read members' activity (culling)
+    "admin:users",   # create the accounts a course names (POST /users); read members' activity (culling);
+                     # report activity of pre-started servers until their grace ends (users:activity)
     "admin:groups",  # create course groups, add and remove members, read them
-    "servers",       # read and stop idle participants' servers (culling); start:servers, to share it
+    "servers",       # read and stop idle participants' servers (culling); start them before a reservation's
+                     # window (pre-start; start:servers is also needed to share a server)
     "shares",        # grant and revoke instructors' shares of participants' servers (includes access:servers,
                      # which a share of it needs: the hub lets a token share only what it holds)
 ]

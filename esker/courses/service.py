@@ -1,5 +1,5 @@
 """The ``esker-courses`` JupyterHub-managed service: a REST API for courses and reservations, the per-course
-idle culler and pre-warming. Served by the hub's proxy at /services/esker-courses/ (docs/courses.md).
+idle culler, pre-warming and pre-starting participants' servers. Served by the hub's proxy at /services/esker-courses/ (docs/courses.md).
 
 This module is the process: the routes (``make_app``) and ``main``. The handlers are in
 ``esker.courses.handlers``, the API's OpenAPI description in ``esker.courses.openapi`` (served at
@@ -34,7 +34,7 @@ from esker.courses.handlers import (
     SyncHandler,
 )
 from esker.courses.hubsync import HubApi, sync_members
-from esker.courses.jobs import cull_once, prewarm_once  # noqa: F401 (re-exported for callers)
+from esker.courses.jobs import cull_once, prestart_once, prewarm_once  # noqa: F401 (re-exported for callers)
 from esker.runtime import default_state_dir
 
 log = logging.getLogger("esker.courses")
@@ -87,6 +87,17 @@ def main() -> None:
             except Exception:
                 log.exception("pre-warming failed")
 
+    starting = asyncio.Lock()
+
+    async def prestart():
+        if starting.locked():
+            return
+        async with starting:
+            try:
+                await prestart_once(st)
+            except Exception:
+                log.exception("pre-start pass failed (the next pass tries again)")
+
     passes = 0
 
     async def access():
@@ -117,8 +128,11 @@ def main() -> None:
     # coroutine callback before scheduling the next run, so passes never overlap.
     warm_every = float(os.environ.get("ESKER_COURSES_PREWARM_EVERY", "60"))
     PeriodicCallback(prewarm, warm_every * 1000).start()
+    # Pre-start: the participants' servers before a reservation's window (cheap when none is due: no hub call).
+    PeriodicCallback(prestart, float(os.environ.get("ESKER_COURSES_PRESTART_EVERY", "30")) * 1000).start()
     IOLoop.current().add_callback(setup)
     IOLoop.current().add_callback(prewarm)
+    IOLoop.current().add_callback(prestart)
     log.info("esker-courses on %s%s", url.geturl(), prefix)
     loop = IOLoop.current()
 

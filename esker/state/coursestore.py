@@ -1,6 +1,7 @@
 """The course store: reservations, courses created or changed at run time (the esker-courses service's),
-the last pre-warm pass per reservation and the instructors' shares the service granted, in ``courses.sqlite``
-in the state directory.
+the last pre-warm pass per reservation, the participants' servers the service pre-started (per reservation and
+user, with the last pass's summary and running totals for the metrics) and the instructors' shares the service
+granted, in ``courses.sqlite`` in the state directory.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import uuid
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from esker.courses.model import Course, courses_from_config, parse_when
+from esker.courses.prestart import Entry
 from esker.courses.reservations import Decision, Reservation
 from esker.state.db import Store
 
@@ -31,6 +33,10 @@ class CourseStore:
             "CREATE TABLE IF NOT EXISTS prewarm (id TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL)",
             "CREATE TABLE IF NOT EXISTS access (owner TEXT NOT NULL, recipient TEXT NOT NULL, updated REAL NOT NULL,"
             " PRIMARY KEY (owner, recipient))",
+            "CREATE TABLE IF NOT EXISTS prestart (id TEXT NOT NULL, user TEXT NOT NULL, data TEXT NOT NULL,"
+            " updated REAL NOT NULL, PRIMARY KEY (id, user))",
+            "CREATE TABLE IF NOT EXISTS prestart_runs (id TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS prestart_totals (outcome TEXT PRIMARY KEY, n INTEGER NOT NULL)",
         ])
         self.path = self._store.path
         self._tx = self._store.tx
@@ -64,8 +70,11 @@ class CourseStore:
             return decision, new
 
     def delete_reservation(self, rid: str) -> bool:
+        """The reservation and its pre-warm record go; its pre-start records stay until the service's next pass
+        has stopped the servers it started for it (esker.courses.jobs.prestart_once: orphans)."""
         with self._tx() as db:
             db.execute("DELETE FROM prewarm WHERE id=?", (rid,))
+            db.execute("DELETE FROM prestart_runs WHERE id=?", (rid,))
             return db.execute("DELETE FROM reservations WHERE id=?", (rid,)).rowcount > 0
 
     def expire(self, now: datetime) -> list[str]:
@@ -74,6 +83,8 @@ class CourseStore:
         with self._tx() as db:
             db.executemany("DELETE FROM reservations WHERE id=?", [(i,) for i in gone])
             db.executemany("DELETE FROM prewarm WHERE id=?", [(i,) for i in gone])
+            db.executemany("DELETE FROM prestart WHERE id=?", [(i,) for i in gone])
+            db.executemany("DELETE FROM prestart_runs WHERE id=?", [(i,) for i in gone])
         return gone
 
     # pre-warming: what the last passes found, per reservation (prewarm_record)
@@ -84,6 +95,38 @@ class CourseStore:
     def put_prewarm(self, rid: str, record: dict) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO prewarm VALUES (?, ?, ?)", (rid, json.dumps(record), time.time()))
+
+    # pre-start: per reservation, per participant, what the service started (esker.courses.prestart.Entry)
+    def prestart_entries(self) -> dict[str, dict[str, Entry]]:
+        out: dict[str, dict[str, Entry]] = {}
+        with self._tx() as db:
+            for rid, user, data in db.execute("SELECT id, user, data FROM prestart ORDER BY id, user"):
+                out.setdefault(rid, {})[user] = Entry.from_dict(json.loads(data))
+        return out
+
+    def put_prestart(self, rid: str, entries: Mapping[str, Entry], summary: dict | None = None,
+                     outcomes: Mapping[str, int] | None = None) -> None:
+        """One pass's result for a reservation, in one transaction: its records (replacing the old ones), the
+        summary the API shows, and the outcomes added to the running totals."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM prestart WHERE id=?", (rid,))
+            db.executemany("INSERT INTO prestart VALUES (?, ?, ?, ?)",
+                           [(rid, u, json.dumps(e.to_dict()), now) for u, e in sorted(entries.items())])
+            if summary is not None:
+                db.execute("INSERT OR REPLACE INTO prestart_runs VALUES (?, ?, ?)", (rid, json.dumps(summary), now))
+            for outcome, n in (outcomes or {}).items():
+                if n:
+                    db.execute("INSERT INTO prestart_totals VALUES (?, ?) ON CONFLICT(outcome) DO UPDATE SET"
+                               " n = n + excluded.n", (outcome, int(n)))
+
+    def prestart_summaries(self) -> dict[str, dict]:
+        with self._tx() as db:
+            return {i: json.loads(d) for i, d in db.execute("SELECT id, data FROM prestart_runs")}
+
+    def prestart_totals(self) -> dict[str, int]:
+        with self._tx() as db:
+            return {o: n for o, n in db.execute("SELECT outcome, n FROM prestart_totals")}
 
     # instructors' access: (participant, instructor) pairs whose share of the participant's server the service
     # granted (esker.courses.hubsync.reconcile_access), so it revokes only its own

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "esker"
 LAYERS: list[tuple[int, str, list[str]]] = [
     (0, "units", ["esker", "esker.units", "esker.resources"]),
     (1, "core", ["esker.core", "esker.core.*", "esker.courses.model", "esker.courses.reservations",
-                 "esker.courses.prewarm", "esker.objectstore.errors", "esker.objectstore.names",
+                 "esker.courses.prewarm", "esker.courses.prestart", "esker.objectstore.errors", "esker.objectstore.names",
                  "esker.objectstore.cephconf"]),
     (2, "state and clients", ["esker.state", "esker.state.*", "esker.system", "esker.system.*",
                               "esker.objectstore.rgwadmin", "esker.objectstore.s3client",
