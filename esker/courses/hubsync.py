@@ -55,9 +55,10 @@ class HubApi:
         self.token = token
         self.http = AsyncHTTPClient()
 
-    async def request(self, method: str, path: str, body=None) -> tuple[int, object]:
+    async def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, object]:
         """(status, decoded JSON body or None) whatever the status; 502 if the hub does not answer."""
-        req = HTTPRequest(f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"},
+        req = HTTPRequest(f"{self.url}{path}", method=method,
+                          headers={"Authorization": f"token {self.token}", **(headers or {})},
                           body=None if body is None else json.dumps(body),
                           allow_nonstandard_methods=True, request_timeout=30)
         try:
@@ -76,6 +77,23 @@ class HubApi:
         """(status, body) for the statuses in ``ok``, (status, None) for the others."""
         code, data = await self.request(method, path, body)
         return (code, data) if code in ok else (code, None)
+
+    async def paginated(self, path: str, limit: int = 200):
+        """Every item of a paginated list (``/users?state=ready``), page after page as the hub's ``next``
+        says (``limit`` is capped by the hub's ``api_page_max_limit``)."""
+        sep = "&" if "?" in path else "?"
+        offset = 0
+        while True:
+            code, data = await self.request("GET", f"{path}{sep}offset={offset}&limit={limit}",
+                                            headers={"Accept": "application/jupyterhub-pagination+json"})
+            if code != 200 or not isinstance(data, dict):
+                raise HubError(f"listing {path}", code, data)
+            for item in data.get("items") or ():
+                yield item
+            nxt = (data.get("_pagination") or {}).get("next")
+            if not nxt:
+                return
+            offset = nxt["offset"]
 
 
 async def spawn_failure(api: HubApi, user: str, timeout: float = 10) -> str | None:
@@ -161,15 +179,41 @@ async def _bounded(calls) -> list:
     return await asyncio.gather(*(one(c) for c in calls))
 
 
+async def hub_shares(api: HubApi, instructors: Iterable[str]) -> set[tuple[str, str]]:
+    """(participant, instructor) pairs for which the hub holds a share of the participant's default server with
+    every one of SHARED_SCOPES for the instructor (their own, not through a group): read from each instructor's
+    ``/users/<name>/shared`` list, page by page. An instructor the hub does not know has none."""
+    pairs = set()
+    for who in sorted(set(instructors)):
+        try:
+            async for share in api.paginated(f"/users/{q(who)}/shared"):
+                server = share.get("server") or {}
+                owner = (server.get("user") or {}).get("name")
+                held = {s.split("!", 1)[0] for s in share.get("scopes") or ()}
+                if share.get("kind", "user") == "user" and owner and server.get("name", "") == "" \
+                        and held >= set(SHARED_SCOPES):
+                    pairs.add((owner, who))
+        except HubError as e:
+            if e.hub_status != 404:
+                raise
+    return pairs
+
+
 async def reconcile_access(api: HubApi, store: CourseStore, courses: Iterable[Course], full: bool = False) -> dict:
     """Grant the shares the courses call for and revoke the ones this service granted that they no longer do.
-    ``full``: grant every wanted pair again, not only the ones not recorded (at start, and now and then: a share
-    is lost with its server when a user is deleted and made again). Returns what changed."""
+    ``full``: also grant the wanted pairs the hub no longer holds, whatever the store records (at start, and now
+    and then: a share is lost with its server when a user is deleted and made again); the hub's shares are read
+    page by page rather than every pair granted again. Returns what changed."""
     courses = list(courses)
     members = await group_members(api, [c.group for c in courses if c.instructors])
     want = desired_access(courses, members)
     have = store.access_grants()
-    grant = sorted(want if full else want - have)
+    held: set[tuple[str, str]] = set()
+    if full:  # what the hub holds now: a few pages per instructor, not one POST per pair (docs/scale.md)
+        held = await hub_shares(api, {i for _, i in want}) & want
+        grant = sorted(want - held)
+    else:
+        grant = sorted(want - have)
     revoke = sorted(have - want)
     await ensure_users(api, {i for _, i in grant})
     scopes = list(SHARED_SCOPES)
@@ -194,7 +238,7 @@ async def reconcile_access(api: HubApi, store: CourseStore, courses: Iterable[Co
 
     granted = [p for p in await _bounded(give(o, w) for o, w in grant) if p]
     revoked = [p for p in await _bounded(take(o, w) for o, w in revoke) if p]
-    store.record_access(granted, revoked)
+    store.record_access(granted + sorted(held - have), revoked)
     new = [p for p in granted if p not in have]
     if new or revoked:
         log.info("instructors' access: granted %s; revoked %s",
