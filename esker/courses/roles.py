@@ -49,8 +49,8 @@ def course_groups(cfg, courses: Iterable[Course] | None = None) -> dict[str, dic
 
 
 SERVICE_ENV_KEEP = ("ESKER_ENVS_DIR", "ESKER_COURSES_CULL_EVERY", "ESKER_COURSES_PREWARM_EVERY",
-                    "ESKER_COURSES_PREWARM_LOOKAHEAD", "ESKER_COURSES_ACCESS_EVERY", "ESKER_COURSES_BACKEND",
-                    "ESKER_COURSES_PRESTART_EVERY", "ESKER_COURSES_PRESTART_BACKOFF",
+                    "ESKER_COURSES_PREWARM_LOOKAHEAD", "ESKER_COURSES_ACCESS_EVERY", "ESKER_COURSES_ACCESS_FULL_EVERY",
+                    "ESKER_COURSES_BACKEND", "ESKER_COURSES_PRESTART_EVERY", "ESKER_COURSES_PRESTART_BACKOFF",
                     "UV_CACHE_DIR")
 # What the service's token may do, and why (the same role in both modes: esker.app.configurer.course_traits, for
 # the embedded hub and the chart's hub.extraConfig alike). JupyterHub 5+ scopes.

@@ -99,14 +99,16 @@ def main() -> None:
                 log.exception("pre-start pass failed (the next pass tries again)")
 
     passes = 0
+    full_every = max(1, int(os.environ.get("ESKER_COURSES_ACCESS_FULL_EVERY", "10")))
 
     async def access():
         """Instructors' shares in step with the groups (which admins may change in the hub directly); every
-        tenth pass grants everything again (a share goes with its server when a user is deleted)."""
+        tenth pass (ESKER_COURSES_ACCESS_FULL_EVERY) also checks the hub's shares and grants what is missing (a
+        share goes with its server when a user is deleted)."""
         nonlocal passes
         passes += 1
         try:
-            await st.sync_access(full=passes % 10 == 0)
+            await st.sync_access(full=passes % full_every == 0)
         except Exception:
             log.exception("instructors' access pass failed")
 
