@@ -66,6 +66,7 @@ from spawn_latency import PlainHub  # noqa: E402
 
 TARGET = 1000
 GOAL_P99 = 0.250
+COURSE, INSTRUCTORS = "lecture", ("ta0", "ta1")
 # The closed-loop mode's weights (the previous harness's mix, for throughput at saturation)
 CLOSED_MIX = {"activity": 40, "whoami": 10, "status": 20, "list": 10, "page": 10, "metrics": 3, "spawn": 4, "stop": 4}
 
@@ -139,12 +140,16 @@ class Population:
         r.raise_for_status()
         return r.json()["token"]
 
-    def grow(self, running: int, spare: int, threads: int = 16) -> None:
-        """Users up to running + spare, a token each, and servers for ``running`` of them."""
+    def grow(self, running: int, spare: int, threads: int = 16, group: str | None = None) -> None:
+        """Users up to running + spare (members of ``group``), a token each, and servers for ``running`` of them."""
         n = running + spare
         new = [f"s{i:04d}" for i in range(len(self.tokens), n)]
+        if group and self.hub.request("GET", f"/groups/{group}").status_code == 404:
+            self.hub.request("POST", f"/groups/{group}").raise_for_status()
         for i in range(0, len(new), 100):  # one POST per hundred users
             self.hub.request("POST", "/users", json={"usernames": new[i:i + 100]}).raise_for_status()
+            if group:
+                self.hub.request("POST", f"/groups/{group}/users", json={"users": new[i:i + 100]}).raise_for_status()
         with ThreadPoolExecutor(threads) as pool:
             for u, t in zip(new, pool.map(self.mint, new)):
                 self.tokens[u] = t
@@ -154,6 +159,23 @@ class Population:
             list(pool.map(lambda u: self.hub.spawn(u, timeout=120), todo))
         self.running.update(todo)
         self.stopped.difference_update(todo)
+
+    def wait_granted(self, offset: int, quiet: float = 15, timeout: float = 900) -> tuple[float, int]:
+        """After an enrolment (users added to the course group at ``offset`` of the hub's log): seconds until
+        the courses service's access pass has granted the new participants' shares (the log shows POST
+        /hub/api/shares/ and then none for ``quiet`` seconds), and how many it granted."""
+        t0 = time.monotonic()
+        n, last = 0, None
+        while time.monotonic() - t0 < timeout:
+            size = self.log_offset()
+            got = sum("POST /hub/api/shares/" in line for line in self.log_since(offset))
+            offset = size
+            if got:
+                n, last = n + got, time.monotonic()
+            elif last is not None and time.monotonic() - last >= quiet:
+                return last - t0, n
+            time.sleep(1)
+        return float("nan"), n
 
     def take(self, which: set[str]) -> str | None:
         with self.lock:
@@ -384,6 +406,10 @@ def main() -> int:
     ap.add_argument("--cull-every", type=int, default=300, help="the culler service's period (production: 300)")
     ap.add_argument("--sweep-every", type=int, default=60, help="JupyterHub.last_activity_interval (production "
                     "300; default 60 so that each round has one)")
+    ap.add_argument("--no-course", action="store_true", help="no course (default: one lecture with every user, "
+                    "two instructors: the courses service's culler and access passes run as for a real lecture)")
+    ap.add_argument("--access-full-every", type=int, default=1, help="ESKER_COURSES_ACCESS_FULL_EVERY for the "
+                    "bench (production 10: every tenth 60-s pass; default 1 so that each round has one)")
     ap.add_argument("--closed-loop", action="store_true", help="saturation mode: --threads clients back to back")
     ap.add_argument("--threads", type=int, default=16, help="clients in --closed-loop mode (default 16)")
     ap.add_argument("--no-plain", action="store_true", help="Esker's hub only (no plain JupyterHub beside it)")
@@ -399,7 +425,11 @@ def main() -> int:
     shared = SharedServer(jupyterhub.__version__)
     load_before = os.getloadavg()
     print(f"load before: {load_before}; {os.cpu_count()} CPUs", flush=True)
-    cfg = test_config("x-", "/tmp", spark={"enabled": False})
+    overrides = {"spark": {"enabled": False}}
+    if not args.no_course:  # a lecture: every user a participant, two instructors reaching their servers
+        overrides["courses"] = [{"name": COURSE, "group": COURSE, "instructors": list(INSTRUCTORS), "idle_timeout": 3600}]
+        os.environ["ESKER_COURSES_ACCESS_FULL_EVERY"] = str(args.access_full_every)
+    cfg = test_config("x-", "/tmp", **overrides)
     extra = hub_settings(shared.port, args.cull_every, args.sweep_every)
     if args.profile:
         extra += profile_config(str(out / "scale-esker.prof"))
@@ -408,6 +438,7 @@ def main() -> int:
     rows: list[dict] = []
     pops: list[Population] = []
     lags: dict = {}
+    enrolment: dict = {}
     server: dict = {}
     loads = {"before": load_before}
     try:
@@ -425,10 +456,15 @@ def main() -> int:
         for level in levels:
             spare = max(10, math.ceil(level * args.spare))
             for pop in pops:
-                t0 = time.monotonic()
-                pop.grow(level, spare)
+                t0, mark = time.monotonic(), pop.log_offset()
+                pop.grow(level, spare, group=None if args.no_course else COURSE)
                 print(f"{pop.label}: {level} running + {len(pop.stopped)} idle users, set up in "
                       f"{time.monotonic() - t0:.1f}s", flush=True)
+                if pop.label == "esker" and not args.no_course:
+                    took, n = pop.wait_granted(mark)
+                    enrolment[str(level)] = {"seconds_after_setup": took, "shares_granted": n}
+                    print(f"{pop.label}: the courses service granted {n} shares (participants x instructors) "
+                          f"until {took:.0f}s after the set-up", flush=True)
             offsets = {p.label: p.log_offset() for p in pops}
             plan = [(m, r) for m in mults for r in range(args.rounds if m == 1 else args.headroom_rounds)]
             if args.closed_loop:
@@ -494,7 +530,7 @@ def main() -> int:
     (out / "scale.json").write_text(json.dumps({
         "args": vars(args), "loadavg": loads, "cpus": os.cpu_count(), "jupyterhub": jupyterhub.__version__,
         "rates_per_s": {str(n): rates(n, n) for n in levels}, "cull_pages": {str(n): cull_pages(n) for n in levels},
-        "client_lag_p99_s": {k: pct(v, .99) for k, v in lags.items()},
+        "client_lag_p99_s": {k: pct(v, .99) for k, v in lags.items()}, "enrolment_shares_s": enrolment,
         "summary": summary}, indent=1))
     for key, table in server.items():
         (out / f"scale-{key}-server.json").write_text(json.dumps(table, indent=1))

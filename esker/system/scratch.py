@@ -58,7 +58,18 @@ def prepare(path: str, uid: int | None = None, gid: int | None = None) -> None:
 
 
 def usage(path: str) -> int:
-    """Bytes allocated on disk under path (like `du -s`): sparse files count for what they use."""
+    """Bytes allocated on disk under path. A server's own scratch filesystem (a root hub's image, mounted at
+    path) answers from its superblock (statvfs: O(1), however many files); a plain folder is walked like
+    `du -s` (sparse files count for what they use). The spawner's poll measures every running server's
+    scratch every scratch_check_interval: at 1,000 servers a walk each would hold the hub's interpreter for as
+    long as their files take to list (docs/scale.md)."""
+    try:
+        own_fs = os.stat(path).st_dev != os.stat(os.path.dirname(os.path.abspath(path))).st_dev
+    except OSError:
+        return 0
+    if own_fs:
+        v = os.statvfs(path)
+        return (v.f_blocks - v.f_bfree) * v.f_frsize
     total = 0
     stack = [path]
     while stack:

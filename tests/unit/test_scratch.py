@@ -113,3 +113,26 @@ def test_stop_unmounts_a_scratch_the_hub_never_recorded(tmp_path):
     finally:
         if scratch.mounted(path):
             scratch.unmount(path)
+
+
+def test_usage_walks_a_folder_and_asks_a_filesystem_of_its_own(tmp_path, monkeypatch):
+    sc = scratch
+
+    d = tmp_path / "u"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "f").write_bytes(b"x" * 100_000)
+    walked = sc.usage(str(d))
+    assert walked >= 100_000  # a plain folder: walked, like du -s
+    assert sc.usage(str(tmp_path / "missing")) == 0
+    # mounted at d (another st_dev than its parent): the superblock's count, not a walk
+    real_stat = sc.os.stat
+
+    class Stat:
+        def __init__(self, st, dev):
+            self.st_dev, self.st_mode = dev, st.st_mode
+
+    monkeypatch.setattr(sc.os, "stat", lambda p, *a, **k: Stat(real_stat(p), 2 if str(p) == str(d) else 1))
+    monkeypatch.setattr(sc.os, "statvfs", lambda p: type("V", (), {"f_blocks": 1000, "f_bfree": 250,
+                                                                   "f_frsize": 4096})())
+    monkeypatch.setattr(sc.os, "scandir", lambda p: (_ for _ in ()).throw(AssertionError("walked")))
+    assert sc.usage(str(d)) == 750 * 4096
