@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from esker import metrics
 from esker.app import configurer as traits
+from esker.app import hubtuning
 from esker.app import deployment
 from esker import resources
 from esker.core import config as config_mod
@@ -24,6 +25,9 @@ state_dir = default_state_dir()
 cfg = config_mod.load(config_file)  # a broken file stops the hub here, naming the field
 runtime = get_runtime(config_file, state_dir)
 metrics.install(runtime)  # scrape-time collectors: GPUs (ledger + NVML), servers, Spark
+# At 1,000 users (docs/scale.md): the hub's SQLite in WAL mode, its sweep of the proxy's routes in a few queries.
+hubtuning.install_sqlite_pragmas()
+hubtuning.batched_update_last_activity()
 
 if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"]:
     # Each Spark server's own cluster runs from the Spark profile's environment: build it before the hub
