@@ -284,7 +284,7 @@ def one_call(pop: Population, op: str, due: float) -> list[Row]:
     raise ValueError(op)
 
 
-def drive_open(pop: Population, sched: list[tuple[float, str]], workers: int = 64) -> tuple[list[Row], list[float]]:
+def drive_open(pop: Population, sched: list[tuple[float, str]], workers: int = 256) -> tuple[list[Row], list[float]]:
     """Send each scheduled call at its time from a pool big enough that the client is not the queue; returns the
     rows and each call's start lag (how late the client itself was: should stay near 0)."""
     rows: list[Row] = []
