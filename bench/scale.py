@@ -96,7 +96,7 @@ c.JupyterHub.services.append({{"name": "idle-culler", "command": [{sys.executabl
                                "--timeout=3600", "--cull-every=300"]}})
 c.JupyterHub.load_roles.append({{"name": "idle-culler", "services": ["idle-culler"],
     "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}})
-c.JupyterHub.load_roles[0]["scopes"] += ["read:metrics", "tokens", "read:hub"]
+c.JupyterHub.load_roles[0]["scopes"] += ["read:metrics", "tokens", "read:hub", "admin:groups"]
 """ + hub_settings(port, cull_every, sweep_every)
 
 
