@@ -445,7 +445,8 @@ def main() -> int:
         esker.start()
         pops = [Population("esker", esker.hub, esker.url, esker.log_path, esker.proc.pid)]
         if not args.no_plain:
-            plain = PlainHub("/bin/true")
+            # its folder beside the results, not /tmp/plain-hub-*: other benchmarks' clean-ups must not take it
+            plain = PlainHub("/bin/true", parent=str(out))
             with open(Path(plain.dir, "jupyterhub_config.py"), "a") as f:
                 f.write(plain_extra(shared.port, args.cull_every, args.sweep_every))
                 if args.profile:
@@ -497,7 +498,10 @@ def main() -> int:
                           f"{pct(api, .5) * 1e3:.0f} ms p99 {pct(api, .99) * 1e3:.0f} ms, client lag p99 "
                           f"{pct(lag, .99) * 1e3:.0f} ms, load {os.getloadavg()[0]:.2f}", flush=True)
             for pop in pops:
-                server[f"{pop.label}-{level}"] = server_side(pop.log_since(offsets[pop.label]))
+                try:
+                    server[f"{pop.label}-{level}"] = server_side(pop.log_since(offsets[pop.label]))
+                except OSError as e:
+                    print(f"  no log of {pop.label}: {e}", flush=True)
             loads[str(level)] = os.getloadavg()
     finally:
         for pop in pops:  # the hubs' logs (every request's time) beside the figures

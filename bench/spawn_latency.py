@@ -37,8 +37,8 @@ from esker.hubapi import Hub, run_code  # noqa: E402
 class PlainHub:
     """Upstream JupyterHub with SimpleLocalProcessSpawner: the baseline."""
 
-    def __init__(self, singleuser: str):
-        self.dir = tempfile.mkdtemp(prefix="plain-hub-", dir="/tmp")
+    def __init__(self, singleuser: str, parent: str = "/tmp"):
+        self.dir = tempfile.mkdtemp(prefix="plain-hub-", dir=parent)
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.hub_port, self.proxy_api_port = free_port(), free_port()
