@@ -451,7 +451,11 @@ def main() -> int:
                 f.write(plain_extra(shared.port, args.cull_every, args.sweep_every))
                 if args.profile:
                     f.write(profile_config(str(out / "scale-plain.prof")))
-            plain.start()
+            try:
+                plain.start()
+            except Exception:
+                shutil.copyfile(Path(plain.dir, "hub.log"), out / "scale-plain-hub.log")
+                raise
             pops.append(Population("plain", plain.hub, f"http://127.0.0.1:{plain.port}",
                                    str(Path(plain.dir, "hub.log")), plain.proc.pid))
         for level in levels:
