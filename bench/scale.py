@@ -419,7 +419,7 @@ def main() -> int:
     args = ap.parse_args()
     levels = sorted(int(x) for x in args.users.split(","))
     mults = sorted(float(x) for x in args.multipliers.split(","))
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     shared = SharedServer(jupyterhub.__version__)
