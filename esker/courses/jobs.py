@@ -63,7 +63,7 @@ def spark_master_check(cfg):
 
 async def ready_servers(api) -> dict[str, dict]:
     """User name -> their ready default server's model, for every user who has one: the hub's user list filtered
-    to ready servers, a few pages per pass (50 users a page). Asking for each participant instead was one
+    to ready servers, a few pages per pass (200 users a page). Asking for each participant instead was one
     request per member per pass: for a 1,000-seat course, 1,000 requests a minute, more than all the servers'
     activity reports together (docs/scale.md)."""
     out = {}
