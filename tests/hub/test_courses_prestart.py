@@ -131,7 +131,7 @@ def test_participants_servers_are_started_before_they_arrive(prestart_hub):
     r = hub.request("POST", "/users/pb/activity", json=activity_body(t))
     assert r.status_code == 200, r.text
     la = datetime.fromisoformat(server(h, "pb")["last_activity"].replace("Z", "+00:00"))
-    assert abs((la - t).total_seconds()) < 1, la
+    assert la >= t.replace(microsecond=0), (la, t)  # the report's time, not the server's older activity
 
     # ---- the hub's metrics count them
     m = hub.request("GET", "/metrics").text  # the admin token has read:metrics
