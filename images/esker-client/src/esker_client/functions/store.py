@@ -1,0 +1,109 @@
+"""Published functions in the owner's bucket (layout: docs/functions.md, "Bucket layout").
+
+    .esker/functions/<name>/versions/<vid>/manifest.json
+    .esker/functions/<name>/versions/<vid>/code.py
+    .esker/functions/<name>/aliases.json
+
+Objects are written with the owner's own keys into the owner's bucket, which only they can read (the bucket
+policy esker.objectstore sets); nothing here makes an object public.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional
+
+from .versions import VersionInUse, aliases_to, check_name
+
+ROOT = ".esker/functions/"
+
+
+def _prefix(name: str) -> str:
+    return f"{ROOT}{check_name(name)}/"
+
+
+class FunctionStore:
+    """Versions, manifests and aliases of one owner's functions, over a boto3 S3 client."""
+
+    def __init__(self, s3=None, bucket: Optional[str] = None):
+        if s3 is None or bucket is None:
+            from .. import storage  # the notebook's injected environment
+
+            s3 = s3 if s3 is not None else storage.s3_client()
+            bucket = bucket if bucket is not None else storage.bucket()
+        self.s3, self.bucket = s3, bucket
+
+    # low level
+    def _get(self, key: str) -> Optional[bytes]:
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+
+    def _put(self, key: str, body: bytes, content_type: str) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    def _keys(self, prefix: str, delimiter: Optional[str] = None):
+        kw = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        for page in self.s3.get_paginator("list_objects_v2").paginate(**kw):
+            if delimiter:
+                yield from (p["Prefix"] for p in page.get("CommonPrefixes", []))
+            else:
+                yield from (o["Key"] for o in page.get("Contents", []))
+
+    # versions
+    def put_version(self, name: str, manifest: Dict, code: str) -> None:
+        """Store a version: code first, manifest last, so a listed manifest always has its code."""
+        vid = manifest["vid"]
+        base = f"{_prefix(name)}versions/{vid}/"
+        self._put(base + "code.py", code.encode(), "text/x-python; charset=utf-8")
+        self._put(base + "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode(),
+                  "application/json")
+
+    def get_manifest(self, name: str, vid: str) -> Optional[Dict]:
+        raw = self._get(f"{_prefix(name)}versions/{vid}/manifest.json")
+        return json.loads(raw) if raw is not None else None
+
+    def get_code(self, name: str, vid: str) -> Optional[str]:
+        raw = self._get(f"{_prefix(name)}versions/{vid}/code.py")
+        return raw.decode() if raw is not None else None
+
+    def list_versions(self, name: str) -> List[Dict]:
+        """The manifests of ``name``, newest first."""
+        out = []
+        for p in self._keys(f"{_prefix(name)}versions/", "/"):
+            m = self.get_manifest(name, p.rstrip("/").rsplit("/", 1)[-1])
+            if m is not None:
+                out.append(m)
+        return sorted(out, key=lambda m: m.get("created", ""), reverse=True)
+
+    def list_functions(self) -> List[str]:
+        return sorted(p[len(ROOT):].rstrip("/") for p in self._keys(ROOT, "/"))
+
+    # aliases
+    def get_aliases(self, name: str) -> Dict[str, str]:
+        raw = self._get(f"{_prefix(name)}aliases.json")
+        return json.loads(raw) if raw is not None else {}
+
+    def set_aliases(self, name: str, aliases: Dict[str, str]) -> None:
+        self._put(f"{_prefix(name)}aliases.json", json.dumps(aliases, indent=2, sort_keys=True).encode(),
+                  "application/json")
+
+    # deletion
+    def delete_version(self, name: str, vid: str) -> None:
+        """Delete one version; VersionInUse (naming the aliases) while an alias points to it."""
+        used = aliases_to(self.get_aliases(name), vid)
+        if used:
+            raise VersionInUse(vid, used)
+        self._delete(list(self._keys(f"{_prefix(name)}versions/{vid}/")))
+
+    def delete_function(self, name: str) -> None:
+        """Delete every version and the aliases of ``name``."""
+        self._delete(list(self._keys(_prefix(name))))
+
+    def _delete(self, keys: List[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            self.s3.delete_objects(Bucket=self.bucket,
+                                   Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
