@@ -39,6 +39,7 @@ __all__ = [
     "dataset_url",
     "datasets",
     "describe",
+    "function",
     "gpus",
     "s3_client",
     "s3_dir",
@@ -49,6 +50,15 @@ __all__ = [
     "storage_options",
     "summary",
 ]
+
+
+def __getattr__(name: str):
+    # lazy: `from esker_client import function` costs nothing until used
+    if name == "function":
+        from .functions.declare import function
+
+        return function
+    raise AttributeError(f"module 'esker_client' has no attribute {name!r}")
 
 
 def scratch_dir(env: Optional[Mapping[str, str]] = None) -> Path:
