@@ -14,11 +14,12 @@ export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml images/esker-client/pyproject.toml
 	sh scripts/install-system.sh base
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
 	$(UV) pip install --python $(PY) -e '.[test]'
+	$(UV) pip install --python $(PY) --no-deps -e images/esker-client
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

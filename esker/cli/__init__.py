@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "status",  # status
     "bench",  # bench
     "courses",  # course, reserve
+    "fn",  # fn (esker_client.functions.cli, the same as in a notebook)
 ]
 
 

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 READY = ".esker-ready"
-RECIPE = b"4"  # bump when the way environments are built changes, so existing ones are rebuilt
+RECIPE = b"5"  # bump when the way environments are built changes, so existing ones are rebuilt
 
 # Jupyter Server's own settings for every server of an environment ({env}/etc/jupyter, after the user's own):
 # terminals run bash as an interactive shell, not a login one (Jupyter's default when it has no terminal),
@@ -221,6 +222,8 @@ class EnvironmentBuilder:
                     raise RuntimeError(f"{title} failed:\n" + "\n".join(tail))
             write_user_site(env)
             write_server_config(env)
+            if (client / "pyproject.toml").is_file():
+                write_esker_launcher(env)
             os.chmod(env.path, 0o755)
             (env.path / READY).write_text(self.key(env.name) + "\n")
             yield f"The {env.name} environment is ready"
@@ -241,6 +244,20 @@ def write_user_site(env: Environment) -> Path:
     # Bytecode now, as for the packages: its users cannot write __pycache__ here.
     subprocess.run([env.python, "-m", "py_compile", str(module)], check=True, capture_output=True, timeout=60)
     return module
+
+
+ESKER_LAUNCHER = """#!/bin/sh
+# `esker fn ...` in this environment (the hub's own `esker` has more commands)
+exec {python} -m esker_client.cli "$@"
+"""
+
+
+def write_esker_launcher(env: Environment) -> Path:
+    """The environment's ``bin/esker``: esker_client's CLI (`esker fn`) with this environment's python."""
+    path = Path(env.bin) / "esker"
+    path.write_text(ESKER_LAUNCHER.format(python=shlex.quote(env.python)))
+    os.chmod(path, 0o755)
+    return path
 
 
 def write_server_config(env: Environment) -> Path:

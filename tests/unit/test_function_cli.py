@@ -275,3 +275,36 @@ def test_token_file_and_hub_url_override(tmp_path, svc, store, capsys):
     assert rc == 0 and svc.requests[-1]["auth"] == f"token {TOKEN}"
     rc, _, err = fn(["share", "predict", "--user", "bob", "--hub-url", svc.url], env, store, capsys)
     assert rc == 1 and "ESKER_TOKEN" in err
+
+
+def test_environment_launcher_runs_esker_fn(tmp_path):
+    from esker.system.envs import Environment, write_esker_launcher
+
+    env = Environment(name="t", path=tmp_path / "env")
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    (tmp_path / "env" / "bin" / "python").symlink_to(sys.executable)
+    launcher = write_esker_launcher(env)
+    assert launcher.stat().st_mode & 0o777 == 0o755
+    r = subprocess.run([str(launcher), "fn", "publish", "--help"], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and "--entry" in r.stdout and "--option" in r.stdout, r.stderr
+
+
+def test_hub_esker_has_fn():
+    from esker.cli import build_parser
+
+    r = subprocess.run([sys.executable, "-c", "import sys; from esker.cli import main; sys.exit(main(sys.argv[1:]))",
+                        "fn", "share", "--help"], capture_output=True, text=True,
+                       env={"PYTHONPATH": f"{ROOT}:{SRC}", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and "--group" in r.stdout, r.stderr
+    assert build_parser() is not None
+
+
+def test_esker_client_imports_nothing_of_the_hub():
+    import ast
+
+    for p in (SRC / "esker_client").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not [n for n in names if n == "esker" or n.startswith("esker.")], p
