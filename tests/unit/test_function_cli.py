@@ -308,3 +308,38 @@ def test_esker_client_imports_nothing_of_the_hub():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             assert not [n for n in names if n == "esker" or n.startswith("esker.")], p
+
+
+def test_redirect_is_refused_without_following(svc, env, store, capsys):
+    base = "/services/esker-functions/"
+    other = Service()  # where a redirect would send the token
+    try:
+        svc.answers[("POST", base + "api/functions/predict/shares")] = (302, {})
+        orig = svc.httpd.RequestHandlerClass.send_response
+
+        def send_response(self, code, message=None):
+            orig(self, code, message)
+            if code == 302:
+                self.send_header("Location", other.url + "/steal")
+        svc.httpd.RequestHandlerClass.send_response = send_response
+        rc, _, err = fn(["share", "predict", "--user", "bob"], env, store, capsys)
+        assert rc == 1 and "redirected" in err and other.requests == []
+    finally:
+        other.httpd.shutdown()
+        other.httpd.server_close()
+
+
+def test_schema_of_plain_hints_only():
+    from esker_client.functions.cli import schema_of
+
+    s = schema_of("import numpy as np\ndef f(a: np.ndarray, b: list[int], *, c: str = 'x', **kw) -> None: pass\n", "f")
+    assert s["input"]["properties"] == {"a": {}, "b": {"type": "array"}, "c": {"type": "string"}}
+    assert s["input"]["required"] == ["a", "b"] and s["input"]["additionalProperties"] is True
+    assert s["output"] == {"type": "null"}
+
+
+def test_store_refuses_bad_names_and_vids(store):
+    with pytest.raises(ValueError, match="lowercase"):
+        store.get_aliases("../bob")
+    with pytest.raises(ValueError, match="version id"):
+        store.get_code("predict", "../../x")

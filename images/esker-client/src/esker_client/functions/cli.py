@@ -36,13 +36,14 @@ def parse_options(pairs: List[str]) -> Dict[str, str]:
 
 
 def _ann_schema(node) -> Dict:
+    """The JSON schema type of a plain annotation (int, float, str, bool, list[...], dict[...], None); {} else."""
     if node is None:
         return {}
-    name = node.id if isinstance(node, ast.Name) else getattr(node, "value", None) if isinstance(
-        node, ast.Constant) else None
-    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
-        name = node.value.id
-    return {"type": TYPES[str(name)]} if str(name) in TYPES else {}
+    if isinstance(node, ast.Constant) and node.value is None:
+        return {"type": "null"}
+    if isinstance(node, ast.Subscript):
+        node = node.value
+    return {"type": TYPES[node.id]} if isinstance(node, ast.Name) and node.id in TYPES else {}
 
 
 def schema_of(code: str, entry: str) -> Dict:

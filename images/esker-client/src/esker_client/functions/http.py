@@ -64,6 +64,15 @@ def _message(status: int, raw: bytes) -> str:
     return json.dumps(body)[:500]
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib would resend the Authorization header to wherever a redirect points: refuse redirects instead
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise ServiceError(code, f"redirected to {newurl} (is the hub URL right and the token valid?)")
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def request(method: str, url: str, tok: str, body: Any = None, timeout: float = 120) -> Tuple[int, dict, Any]:
     """(status, headers, parsed JSON or text); ServiceError for a 4xx/5xx answer."""
     data = None if body is None else json.dumps(body).encode()
@@ -73,7 +82,7 @@ def request(method: str, url: str, tok: str, body: Any = None, timeout: float = 
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with _OPENER.open(req, timeout=timeout) as r:
             raw, status, headers = r.read(), r.status, dict(r.headers)
     except urllib.error.HTTPError as e:
         raise ServiceError(e.code, _message(e.code, e.read())) from None

@@ -13,13 +13,19 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional
 
-from .versions import VersionInUse, aliases_to, check_name
+from .versions import VID_RE, VersionInUse, aliases_to, check_name
 
 ROOT = ".esker/functions/"
 
 
 def _prefix(name: str) -> str:
     return f"{ROOT}{check_name(name)}/"
+
+
+def _vid(vid: str) -> str:
+    if not isinstance(vid, str) or not VID_RE.match(vid):
+        raise ValueError(f"version id {vid!r} is invalid: 16 lowercase hex digits (resolve aliases first)")
+    return vid
 
 
 class FunctionStore:
@@ -56,25 +62,26 @@ class FunctionStore:
     # versions
     def put_version(self, name: str, manifest: Dict, code: str) -> None:
         """Store a version: code first, manifest last, so a listed manifest always has its code."""
-        vid = manifest["vid"]
+        vid = _vid(manifest["vid"])
         base = f"{_prefix(name)}versions/{vid}/"
         self._put(base + "code.py", code.encode(), "text/x-python; charset=utf-8")
         self._put(base + "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode(),
                   "application/json")
 
     def get_manifest(self, name: str, vid: str) -> Optional[Dict]:
-        raw = self._get(f"{_prefix(name)}versions/{vid}/manifest.json")
+        raw = self._get(f"{_prefix(name)}versions/{_vid(vid)}/manifest.json")
         return json.loads(raw) if raw is not None else None
 
     def get_code(self, name: str, vid: str) -> Optional[str]:
-        raw = self._get(f"{_prefix(name)}versions/{vid}/code.py")
+        raw = self._get(f"{_prefix(name)}versions/{_vid(vid)}/code.py")
         return raw.decode() if raw is not None else None
 
     def list_versions(self, name: str) -> List[Dict]:
         """The manifests of ``name``, newest first."""
         out = []
         for p in self._keys(f"{_prefix(name)}versions/", "/"):
-            m = self.get_manifest(name, p.rstrip("/").rsplit("/", 1)[-1])
+            vid = p.rstrip("/").rsplit("/", 1)[-1]
+            m = self.get_manifest(name, vid) if VID_RE.match(vid) else None  # skip what is not a version
             if m is not None:
                 out.append(m)
         return sorted(out, key=lambda m: m.get("created", ""), reverse=True)
@@ -94,7 +101,7 @@ class FunctionStore:
     # deletion
     def delete_version(self, name: str, vid: str) -> None:
         """Delete one version; VersionInUse (naming the aliases) while an alias points to it."""
-        used = aliases_to(self.get_aliases(name), vid)
+        used = aliases_to(self.get_aliases(name), _vid(vid))
         if used:
             raise VersionInUse(vid, used)
         self._delete(list(self._keys(f"{_prefix(name)}versions/{vid}/")))
