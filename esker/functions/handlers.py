@@ -207,10 +207,12 @@ class PageHandler(Base):
     """The page: your functions, versions, URL, a curl to copy, and who they are shared with (HubOAuth)."""
 
     async def get(self):
-        user = await self.st.auth.get_user(self) if hasattr(self.st.auth, "get_user") else None
+        user = await self.st.auth.get_user(self, sync=False)  # a token, or HubOAuth's cookie
         if not user:
-            return self.redirect(self.st.auth.login_url) if getattr(self.st.auth, "login_url", None) else \
-                self.send_error(401)
+            # HubOAuth's login: the hub's authorize URL, back to our oauth_callback, then here
+            state = self.st.auth.set_state_cookie(self, next_url=self.request.uri)
+            return self.redirect(self.st.auth.login_url + ("&" if "?" in self.st.auth.login_url else "?")
+                                 + f"state={state}")
         esc = web.escape.xhtml_escape
         rows = []
         for r in self.st.store.of_owner(user["name"]):
