@@ -34,11 +34,13 @@ from typing import Callable, Iterable
 from esker import resources
 from esker.runtime import default_state_dir, get_runtime
 from esker.courses.prestart import FAILED, RUNNING, STARTING
+from esker.functions import stats as fn_stats
+from esker.functions.roles import SNAPSHOT as FN_SNAPSHOT
 from esker.spark.cluster import master_status
 from esker.state.coursestore import CourseStore
 from esker.system.gpus import usage_by_device
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("esker.metrics")
@@ -330,6 +332,41 @@ class PrestartCollector(Collector):
                                 "are not pre-started because the reservation's seats are taken.", value=over)
 
 
+class FunctionsCollector(Collector):
+    """Functions' counters (docs/functions.md) from the esker-functions service's snapshot: per function and
+    version calls, errors, in-flight and the latency histogram (the function servers' own), and cold starts
+    (count and seconds, the activator's)."""
+
+    def __init__(self, path: Callable[[], str]):
+        self._path = path
+
+    def collect(self):
+        data = fn_stats.read(self._path())
+        calls = CounterMetricFamily("esker_function_calls", "Calls answered by a function, per version.",
+                                    labels=["function", "version"])
+        errors = CounterMetricFamily("esker_function_errors", "Calls not answered 200 (timeouts included).",
+                                     labels=["function", "version"])
+        flight = GaugeMetricFamily("esker_function_in_flight", "Calls running now.", labels=["function", "version"])
+        lat = HistogramMetricFamily("esker_function_latency_seconds", "Call latency in the function server.",
+                                    labels=["function", "version"])
+        cold = CounterMetricFamily("esker_function_cold_starts", "Calls that started a stopped function.",
+                                   labels=["function"])
+        cold_s = CounterMetricFamily("esker_function_cold_start_seconds", "Seconds calls waited for starts.",
+                                     labels=["function"])
+        for key, f in data.items():
+            for vid, v in (f.get("versions") or {}).items():
+                calls.add_metric([key, vid], v.get("calls", 0))
+                errors.add_metric([key, vid], v.get("errors", 0))
+                flight.add_metric([key, vid], v.get("in_flight", 0))
+                buckets = sorted((v.get("latency_buckets") or {}).items(),
+                                 key=lambda kv: float("inf") if kv[0] == "+Inf" else float(kv[0]))
+                if buckets:
+                    lat.add_metric([key, vid], buckets, v.get("latency_sum", 0.0))
+            cold.add_metric([key], f.get("cold_starts", 0))
+            cold_s.add_metric([key], f.get("cold_start_seconds", 0.0))
+        yield from (calls, errors, flight, lat, cold, cold_s)
+
+
 class GpuCollector(Collector):
     """GPU assignments per user (ledger and spawner reports) and, where NVML exists, their utilisation."""
 
@@ -514,6 +551,7 @@ def install(runtime=None, registry=REGISTRY, spark_interval: float = 15.0) -> di
         "servers": ServersCollector(),
         "gpus": GpuCollector(lambda: rt.ledger, usage_by_device),  # NVML absent: {} and no usage series
         "prestart": PrestartCollector(lambda: os.path.join(rt.state_dir, "courses.sqlite")),
+        "functions": FunctionsCollector(lambda: os.path.join(rt.state_dir, FN_SNAPSHOT)),
     }
     spark = rt.config["spark"]
     if spark["enabled"] and not spark["master_url"]:

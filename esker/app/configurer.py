@@ -15,6 +15,7 @@ from esker import resources
 from esker.app.deployment import Deployment, run_dir
 from esker.core import config as config_mod
 from esker.courses.roles import SERVICE_NAME, course_groups, course_roles, courses_service
+from esker.functions.roles import functions_service, named_server_gate
 from esker.objectstore.ceph import service_commands as ceph_services
 from esker.state.coursestore import effective_courses
 
@@ -100,7 +101,8 @@ def service_traits(cfg: dict, d: Deployment) -> Mapping:
         services += ceph_services(st, d.state_dir, d.python)
     services.append({
         "name": "idle-culler",
-        "command": [d.python, "-m", "jupyterhub_idle_culler", "--timeout=3600", "--cull-every=300"],
+        "command": [d.python, "-m", "jupyterhub_idle_culler", "--timeout=3600", "--cull-every=300",
+                    "--cull-named-servers=true"],  # functions' servers too (esker-functions culls sooner)
         "display": False,
     })
     roles.append({
@@ -135,12 +137,31 @@ def course_traits(cfg: dict, d: Deployment, merged: Mapping, port: int | None = 
     hub["load_roles"] = [*hub.get("load_roles", []), role, *course_roles(cfg, courses)]
 
 
+def function_traits(cfg: dict, d: Deployment, merged: Mapping, port: int | None = None, proxy_url: str = "") -> None:
+    """Functions (docs/functions.md): named servers, only fn-<name> and at most functions.max_per_user (the
+    gate runs before the hub creates one), and the esker-functions service with its role."""
+    f = cfg["functions"]
+    hub = merged.setdefault("JupyterHub", {})
+    if not f["enabled"]:
+        return
+    hub["allow_named_servers"] = True
+    hub["named_server_limit_per_user"] = named_server_gate(f["max_per_user"])
+    if not proxy_url:
+        ip = cfg["hub"]["ip"]
+        host = "127.0.0.1" if ip in ("", "0.0.0.0", "::") else ip
+        proxy_url = f"http://{host}:{d.port}"
+    service, role = functions_service(cfg, d, port, proxy_url)
+    hub["services"] = [*hub.get("services", []), service]
+    hub["load_roles"] = [*hub.get("load_roles", []), role]
+
+
 def to_traitlets(cfg: dict, d: Deployment) -> Mapping:
     merged: Mapping = {}
     for part in (hub_traits, spawner_traits, auth_traits, group_traits, service_traits):
         for cls, traits in part(cfg, d).items():
             merged.setdefault(cls, {}).update(traits)
     course_traits(cfg, d, merged)
+    function_traits(cfg, d, merged)
     return merged
 
 

@@ -144,12 +144,15 @@ def _properties_escape(value: str) -> str:
 
 
 def profile_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
-    return {
+    env = {
         "ESKER_PROFILE": sel.profile.slug,
         "ESKER_ENVIRONMENT": sel.environment,
         "ESKER_CPU_LIMIT": f"{sel.cpu_limit:g}",
         "ESKER_MEM_LIMIT": str(sel.mem_limit),
     }
+    if sel.function:  # a function's named server (docs/functions.md): the function server reads its name here
+        env["ESKER_FUNCTION"] = sel.function
+    return env
 
 
 def scratch_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:

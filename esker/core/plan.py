@@ -45,10 +45,12 @@ class Selection:
     scratch_keep: bool
     gpus: int
     gpu_type: str | None
+    function: str | None = None  # the function a named server fn-<name> runs (esker.core.functions); None: a notebook
 
     def user_options(self) -> dict:
         """The canonical user_options for this selection (what the hub stores and re-uses)."""
-        return {"profile": self.profile.slug, **dict(self.choices)}
+        fn = {"function": self.function} if self.function else {}
+        return {"profile": self.profile.slug, **dict(self.choices), **fn}
 
 
 def _scalar(key: str, value: Any) -> str:

@@ -450,3 +450,30 @@ SCHEMA["properties"]["courses"] = {
     "description": "Workshops and courses: a participant group, content, datasets, seats (docs/courses.md).",
 }
 SCHEMA["properties"]["capacity"] = CAPACITY
+
+# --------------------------------------------------------------------------- functions (docs/functions.md)
+SCHEMA["properties"]["functions"] = {
+    "type": "object",
+    "default": {},
+    "additionalProperties": False,
+    "description": "Functions: a notebook function published as an authenticated JSON endpoint, run as its "
+    "owner's named server fn-<name> (docs/functions.md).",
+    "properties": {
+        "enabled": {"type": "boolean", "default": True,
+                    "description": "Allow named servers fn-<name> and run the esker-functions service (the "
+                    "activator, the publish API and the page at /services/esker-functions/). false: no named "
+                    "servers at all."},
+        "max_per_user": {"type": "integer", "minimum": 0, "default": 10,
+                         "description": "Functions (named servers) each user may have, running or not; 0: no "
+                         "limit. Admins too."},
+        "start_wait": {"type": "number", "exclusiveMinimum": 0, "default": 60,
+                       "description": "Seconds a call to a stopped function is held while it starts; then it is "
+                       "answered 503 with Retry-After (the start goes on)."},
+        "idle_timeout": {"type": "integer", "minimum": 0, "default": 900,
+                         "description": "Seconds without a call after which a function's server is stopped (it "
+                         "starts again at the next call); 0: the hub's idle culler alone (an hour)."},
+        "cull_every": {"type": "integer", "minimum": 10, "default": 60,
+                       "description": "Seconds between the functions service's looks for idle functions and "
+                       "pulls of their call counters (for the hub's metrics)."},
+    },
+}

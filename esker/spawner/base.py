@@ -21,6 +21,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from dataclasses import replace
 from typing import Any, Mapping
 
 import jinja2
@@ -32,6 +33,7 @@ from traitlets import Unicode, default
 from esker import metrics, resources
 from esker.core.catalog import Catalog, UserInfo
 from esker.core.config import EskerConfig
+from esker.core.functions import FUNCTION_SERVER, split_options  # noqa: F401 (FUNCTION_SERVER: for backends)
 from esker.core.plan import OptionError, Placement, Selection, select
 from esker.core.services import Service
 from esker.courses.model import Course
@@ -161,12 +163,17 @@ class EskerSpawner(Spawner):
         if user_options is not None and not isinstance(user_options, Mapping):
             metrics.spawn_refused("", "options")
             raise web.HTTPError(400, "user_options must be an object")
-        key = (json.dumps(dict(user_options or {}), sort_keys=True, default=str), id(self.catalog))
+        key = (self.name, json.dumps(dict(user_options or {}), sort_keys=True, default=str), id(self.catalog))
         cached = getattr(self, "_esker_selected", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         try:
-            sel = select(self.catalog, self.esker_user, user_options)
+            # Named servers are functions' only (fn-<name>, whose options name the function); the rest of the
+            # options are a profile's, checked as any spawn's.
+            function, options = split_options(self.name, user_options)
+            sel = select(self.catalog, self.esker_user, options)
+            if function is not None:
+                sel = replace(sel, function=function)
         except OptionError as e:
             metrics.spawn_refused((user_options or {}).get("profile", ""), "options")
             raise web.HTTPError(e.status, str(e)) from None
@@ -178,6 +185,15 @@ class EskerSpawner(Spawner):
         self._esker_selected = (key, sel)
         self.selection = sel
         return sel
+
+    @property
+    def esker_function(self) -> str | None:
+        """The function this named server runs (``fn-<name>``), or None for a notebook server."""
+        return self.selection.function if self.selection is not None else None
+
+    def get_args(self):
+        # Spawner.args are jupyterhub-singleuser's; the function server takes everything from its environment.
+        return [] if self.esker_function else super().get_args()
 
     def esker_validate(self, user_options: Any) -> Selection:
         """JupyterHub's ``apply_user_options``: the request, then the seat check."""

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from esker.core.catalog import Catalog
 from esker.core.contributors import spark_conf_dir
+from esker.core.functions import FUNCTION_SERVER
 from esker.core.plan import LaunchPlan, Placement, Selection, Site, SparkSite
 from esker.units import parse_size, spark_size
 
@@ -142,6 +143,12 @@ def container_env(plan: LaunchPlan, names: Names | None = None) -> list[dict]:
     SECRET_ENV variables are ``valueFrom.secretKeyRef`` of the server's Secret instead of values."""
     return [{"name": k, **secret_ref(names, k)} if names is not None and k in SECRET_ENV
             else {"name": k, "value": _k8s_escape(plan.env[k])} for k in sorted(plan.env)]
+
+
+def server_cmd(function: str | None, default: Any) -> Any:
+    """The pod's command: a function's named server runs the function server of the image's environment
+    (docs/functions.md), any other server the configured one (z2jh's ``singleuser.cmd``)."""
+    return ["python", "-m", FUNCTION_SERVER] if function else default
 
 
 def kubespawner_environment(plan: LaunchPlan, names: Names | None = None) -> dict[str, Any]:

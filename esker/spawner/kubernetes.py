@@ -36,7 +36,7 @@ prepull_images = ko.prepull_images
 _APPLIED = (
     "image", "cpu_limit", "cpu_guarantee", "mem_limit", "mem_guarantee", "environment",
     "extra_resource_limits", "node_selector", "tolerations", "volumes", "volume_mounts", "extra_labels",
-    "service_account", "automount_service_account_token", "init_containers",
+    "service_account", "automount_service_account_token", "init_containers", "cmd",
 )
 
 _API = {  # kind -> (client class, create method, delete method)
@@ -215,6 +215,7 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
         cpu, memory = ko.notebook_share(plan, cfg)  # the profile's, less the sidecars'
 
         self.image = plan.image
+        self.cmd = ko.server_cmd(sel.function, base["cmd"])
         self.cpu_limit = self.cpu_guarantee = cpu
         self.mem_limit = self.mem_guarantee = memory
         self.environment = {**base["environment"], **ko.kubespawner_environment(plan, names)}

@@ -19,7 +19,7 @@ from esker.core.plan import LaunchPlan, OptionError, Placement, Selection, build
 from esker.courses.content import prepare_course_content
 from esker.spark import cluster as spark_cluster
 from esker.spark.cluster import java_home
-from esker.spawner.base import EskerSpawner
+from esker.spawner.base import FUNCTION_SERVER, EskerSpawner
 from esker.spawner.embedded import account_name, developer_home, embedded_placement
 from esker.spawner.services import BucketMounts, Courses, LocalGpus, LocalScratch, ObjectStorage, OwnSpark
 from esker.system import accounts, scratch
@@ -102,13 +102,16 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
             limiter = rt.extra.setdefault("limiter", Limiter())
             self.cgroup = await asyncio.to_thread(limiter.create, self.owner_key, self.plan.cpu_limit,
                                                   self.plan.mem_limit)
-        self.cmd = [os.path.join(env.bin, "jupyterhub-singleuser")]
+        # A function's named server runs the function server from the same environment (docs/functions.md).
+        self.cmd = ([os.path.join(env.bin, "python"), "-m", FUNCTION_SERVER] if sel.function
+                    else [os.path.join(env.bin, "jupyterhub-singleuser")])
         self._env_dir = str(env.path)
         if self.spark_cluster is not None:  # alongside JupyterLab's start: awaited in esker_started
             self.esker_event(78, f"Starting your own Spark master and worker ({rt.site.spark.cores_per_user} "
                              "core(s)), as you, within your limits")
             self._spark_start = asyncio.ensure_future(self.esker_spark_start(sel, env.python))
-        self.esker_event(80, f"Starting JupyterLab ({sel.profile.display_name})")
+        what = f"function {sel.function}" if sel.function else "JupyterLab"
+        self.esker_event(80, f"Starting {what} ({sel.profile.display_name})")
 
     async def esker_spark_start(self, sel: Selection, python: str) -> None:
         """Start the server's own master, as the user in the server's cgroup, then its worker once the master
@@ -184,7 +187,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
 
     def get_args(self):
         args = super().get_args()
-        if self.developer_mode and os.geteuid() == 0:  # Jupyter Server refuses root without it
+        if self.developer_mode and os.geteuid() == 0 and not self.esker_function:  # Jupyter Server refuses root
             args.append("--allow-root")
         return args
 

@@ -27,9 +27,12 @@ LAYERS: list[tuple[int, str, list[str]]] = [
                                   "esker.courses.content", "esker.courses.roles", "esker.courses.seats",
                                   "esker.courses.jobs", "esker.courses.context", "esker.courses.hubsync",
                                   "esker.courses.handlers", "esker.courses.openapi", "esker.runtime",
-                                  "esker.metrics", "esker.spawner", "esker.spawner.*"]),
+                                  "esker.metrics", "esker.spawner", "esker.spawner.*", "esker.functions",
+                                  "esker.functions.access", "esker.functions.store", "esker.functions.roles",
+                                  "esker.functions.activator", "esker.functions.stats", "esker.functions.handlers"]),
     (4, "application", ["esker.app", "esker.app.*"]),
     (5, "entry points", ["esker.jupyterhub_config", "esker.cli", "esker.cli.*", "esker.courses.service",
+                         "esker.functions.service",
                          "esker.objectstore.cephd", "esker.docs", "esker.devhub"]),
 ]
 # Function-local imports of Esker's modules are allowed only here: the CLI imports a command's

@@ -196,7 +196,7 @@ def test_traits_mapping_defaults():
     assert m["SharedPasswordAuthenticator"]["user_password"] == "pw-123456"
     names = [s["name"] for s in m["JupyterHub"]["services"]]
     # No Spark service: each Spark server runs its own cluster (esker.spark.cluster).
-    assert names == ["ceph", "idle-culler", "esker-courses"]
+    assert names == ["ceph", "idle-culler", "esker-courses", "esker-functions"]
     assert "esker-admin" not in names  # no token, no admin service
 
 
