@@ -153,6 +153,13 @@ def function_traits(cfg: dict, d: Deployment, merged: Mapping, port: int | None 
     service, role = functions_service(cfg, d, port, proxy_url)
     hub["services"] = [*hub.get("services", []), service]
     hub["load_roles"] = [*hub.get("load_roles", []), role]
+    spawner = merged.setdefault("Spawner", {})
+    # `esker fn invoke` in a notebook calls the owner's functions with the server's own token: JupyterHub's
+    # `server` role (activity, access to this one server) plus access to the owner's other servers, which the
+    # owner holds anyway (the hub grants a token only the subset its user has).
+    spawner["server_token_scopes"] = ["users:activity!user", "access:servers!server", "access:servers!user"]
+    # The proxy's address, where /services/esker-functions/ is (JUPYTERHUB_API_URL is the hub's own port).
+    spawner["environment"] = {**spawner.get("environment", {}), "ESKER_HUB_URL": proxy_url}
 
 
 def to_traitlets(cfg: dict, d: Deployment) -> Mapping:
