@@ -18,6 +18,9 @@ from tests.unit.fnserver_fixtures import CLIENT_SRC, SCOPE, FakeHub, Server, aut
 
 CODE = '''
 import os, time
+if os.environ.get("IMPORT_LOG"):  # who imported this code: it must never be the server process
+    with open(os.environ["IMPORT_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
 from typing import Optional
 from pydantic import BaseModel
 
@@ -82,7 +85,8 @@ def bucket(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hub, bucket):
-    s = Server(tmp_path_factory.mktemp("srv"), hub, f"dir:{bucket}").start()
+    tmp = tmp_path_factory.mktemp("srv")
+    s = Server(tmp, hub, f"dir:{bucket}", IMPORT_LOG=str(tmp / "imports")).start()
     yield s
     s.stop()
 
@@ -229,6 +233,21 @@ def test_callers_beyond_the_queue_get_429(server):
         t.join()
     assert r.status_code == 429 and r.json()["error"]["type"] == "TooManyRequests"
     assert post(server, f"v/{C}", json={"a": 1}).status_code == 200
+
+
+def test_only_workers_import_the_functions_code(server):
+    assert post(server, f"v/{B}", json={"a": 1}).status_code == 200
+    pids = {int(p) for p in (server.home.parent / "imports").read_text().split()}
+    assert pids and server.proc.pid not in pids
+
+
+def test_the_client_package_imports_nothing_of_the_hub():
+    import ast
+    for path in (CLIENT_SRC / "esker_client" / "functions").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not [n for n in names if n == "esker" or n.startswith("esker.")], path
 
 
 # --- versions ---------------------------------------------------------------------------------------------
