@@ -35,6 +35,7 @@ __all__ = [
     "GPU",
     "bucket",
     "bucket_dir",
+    "credentials",
     "dataset",
     "dataset_url",
     "datasets",
@@ -48,6 +49,7 @@ __all__ = [
     "session_conf",
     "spark_session",
     "storage_options",
+    "visible_device_ids",
     "summary",
 ]
 
