@@ -67,8 +67,10 @@ class Hub:
         s = requests.Session()
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', s.get(f"{self.url}/hub/login", timeout=60).text).group(1)
         s.post(f"{self.url}/hub/login", data={"username": name, "password": password, "_xsrf": xsrf}, timeout=60)
+        # The hub's own _xsrf: a running server the login redirected to sets one of its own under /user/<name>/.
+        hub_xsrf = next((c.value for c in s.cookies if c.name == "_xsrf" and c.path.startswith("/hub")), None)
         r = s.post(f"{self.api}/users/{name}/tokens", json={"note": note},
-                   headers={"X-XSRFToken": s.cookies.get("_xsrf", xsrf)}, timeout=60)
+                   headers={"X-XSRFToken": hub_xsrf or xsrf}, timeout=60)
         if r.status_code != 201:
             raise RuntimeError(f"{name} could not log in and make a token: {r.status_code} {r.text}")
         return r.json()["token"]
