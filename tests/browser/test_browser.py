@@ -78,3 +78,36 @@ def test_forged_gpu_choice_gets_a_clear_error_page(running_hub, hub, browser):
         assert hub.request("GET", "/users/browser-forger").json()["servers"] == {}
     finally:
         page.close()
+
+
+def test_the_functions_page_lists_a_published_function(running_hub, hub, browser):
+    """Published from a server with `esker fn publish`, shared with a user: the page shows the function, its
+    version, its stable URL, a curl to copy, and who it is shared with."""
+    from esker.hubapi import run_code
+
+    user = "browser-fn"
+    hub.ensure_user(user)
+    hub.ensure_user("browser-fn-friend")
+    hub.spawn(user, {"profile": "minimal"})
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        code = ("open('sq.py', 'w').write('from esker_client import function\\n\\n\\n@function\\n"
+                "def square(x: float) -> float:\\n    return x * x\\n')\n"
+                "import subprocess\n"
+                "for cmd in (['esker', 'fn', 'publish', 'sq.py', '--name', 'square', '--version', '0.1.0'],\n"
+                "            ['esker', 'fn', 'share', 'square', '--user', 'browser-fn-friend']):\n"
+                "    p = subprocess.run(cmd, capture_output=True, text=True)\n"
+                "    assert p.returncode == 0, p.stdout + p.stderr\n")
+        out = run_code(f"{running_hub.url}/user/{user}/", hub.user_token(user), code, timeout=600)
+        assert out["error"] is None, (out["error"], out["stderr"][-2000:])
+        login(page, running_hub.url, user)
+        page.goto(f"{running_hub.url}/services/esker-functions/")
+        page.wait_for_selector("text=square", timeout=60_000)
+        page.screenshot(path=os.path.join(SHOTS, "functions-page.png"), full_page=True)
+        text = page.inner_text("body")
+        assert f"/services/esker-functions/call/{user}/square" in text, text
+        assert "curl" in text and "0.1.0" in text and "browser-fn-friend" in text, text
+    finally:
+        page.close()
+        hub.request("DELETE", f"/users/{user}/servers/fn-square", json={"remove": True})
+        hub.stop(user)

@@ -174,3 +174,41 @@ def test_the_demo_notebook_trains_on_the_bucket_and_publishes_predict(running_hu
     finally:
         hub.request("DELETE", f"/users/{user}/servers/fn-iris", json={"remove": True})
         hub.stop(user)
+
+
+SPARK_FN = '''
+import esker_client as ec
+from esker_client import function
+
+_spark = None
+
+
+@function(timeout=300, concurrency=1)
+def stations(key: str) -> dict:
+    """Rows and distinct stations of a CSV in the owner's bucket, counted by Spark's executors."""
+    global _spark
+    if _spark is None:  # one driver per worker process, kept across calls
+        _spark = ec.spark_session("fn-stations")
+    df = _spark.read.option("header", True).csv(f"s3a://{ec.bucket()}/{key}")
+    return {"rows": df.count(), "stations": df.select("station").distinct().count(),
+            "master": _spark.sparkContext.master}
+'''
+
+
+def test_a_spark_function_reads_the_owners_bucket_with_the_injected_environment(running_hub, hub, alice):
+    rows = "station,temp\n" + "".join(f"s{i % 7},{i}\n" for i in range(500))
+    put = ("import esker_client as ec\n"
+           f"ec.s3_client().put_object(Bucket=ec.bucket(), Key='fn/readings.csv', Body={rows!r}.encode())\n"
+           f"open('stationsfn.py', 'w').write({SPARK_FN!r})\n")
+    in_server(running_hub, hub, "fn-alice",
+              put + sh("esker fn publish stationsfn.py --name stations --profile spark"))
+    try:
+        r = call(running_hub, "/call/fn-alice/stations", alice, json={"key": "fn/readings.csv"})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["rows"] == 500 and answer["stations"] == 7, answer
+        assert answer["master"].startswith("spark://127.0.0.1:"), answer  # the function server's own cluster
+        bob = hub.login_token("fn-bob")
+        assert call(running_hub, "/call/fn-alice/stations", bob, json={"key": "fn/readings.csv"}).status_code == 403
+    finally:
+        hub.request("DELETE", "/users/fn-alice/servers/fn-stations", json={"remove": True})
