@@ -35,9 +35,12 @@ def embedded_site(cfg: Mapping) -> Site:
 
 def embedded_placement(sel: Selection, cfg: Mapping, state_dir: str, *, account: str, home: str,
                        gpu_devices: Sequence[str] | None = None, python: str = "python3",
-                       grants: Mapping[str, Mapping[str, str]] | None = None) -> Placement:
+                       grants: Mapping[str, Mapping[str, str]] | None = None, server: str = "") -> Placement:
     """Scratch under ``scratch.root`` for the account, its home, and the assigned GPU ids (the first N
-    when none are assigned yet, as the preview shows them)."""
+    when none are assigned yet, as the preview shows them). A named server (a function's ``fn-<name>``) has a
+    scratch of its own, ``<account>.<server>``: each server mounts, limits and wipes its scratch at its own
+    start and stop, so one must never unmount another's (account names have no dots: no account collides)."""
     devices = tuple(gpu_devices) if gpu_devices is not None else tuple(str(i) for i in range(sel.gpus))
-    return Placement(scratch_dir=scratch_path(scratch_root(cfg, state_dir), account), gpu_devices=devices,
+    where = f"{account}.{server}" if server else account
+    return Placement(scratch_dir=scratch_path(scratch_root(cfg, state_dir), where), gpu_devices=devices,
                      python=python, home=home, grants=MappingProxyType(dict(grants or {})))

@@ -92,7 +92,8 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         self.account_name, self._home = acct.name, acct.home
         self.esker_ids = (None, None) if self.developer_mode else (acct.uid, acct.gid)
         placement = embedded_placement(sel, rt.config, rt.state_dir, account=account_name(rt.config, self.user.name),
-                                       home=acct.home, gpu_devices=(), python=env.python)
+                                       home=acct.home, gpu_devices=(), python=env.python,
+                                       server=self.name)
         placement = await self.esker_prepare_services(sel, placement)
         self.plan = build_plan(sel, placement, rt.site)
         uid, gid = self.esker_ids

@@ -57,7 +57,9 @@ class BucketMounts:
             return placement
         uid, gid = sp.esker_ids
         rt = sp.runtime
-        root = s3mounts.account_root(rt.state_dir, sp.account_name)
+        # A named server (a function) mounts its own copies: each server's stop ends its own mounts only.
+        where = f"{sp.account_name}.{sp.name}" if sp.name else sp.account_name
+        root = s3mounts.account_root(rt.state_dir, where)
         plan = s3mounts.plan_mounts(storage, root)
         logs = os.path.join(rt.state_dir, "run", "mounts")
         t0 = time.monotonic()
@@ -74,7 +76,7 @@ class BucketMounts:
                     raise s3mounts.MountError(f"no keys own the dataset bucket {m.bucket}")
                 keys = (owner.access_key, owner.secret_key)
             env = s3mounts.s3fs_env(m, *keys, os.path.realpath(rt.state_dir))
-            return {"path": m.path, "pid": s3mounts.mount(m, cmd, env, os.path.join(logs, f"{sp.account_name}.{m.name}.log"))}
+            return {"path": m.path, "pid": s3mounts.mount(m, cmd, env, os.path.join(logs, f"{where}.{m.name}.log"))}
 
         def setup():
             os.makedirs(logs, mode=0o700, exist_ok=True)
@@ -97,7 +99,8 @@ class BucketMounts:
             sp.esker_event(76, f"Your bucket could not be mounted as files ({e}); s3:// with boto3 still works")
             await self.release(sp)
             return placement
-        link = await asyncio.to_thread(s3mounts.link_home, placement.home, root, uid, gid)
+        # ~/s3 is the default server's (it outlives a function's server, whose mounts end at its stop).
+        link = None if sp.name else await asyncio.to_thread(s3mounts.link_home, placement.home, root, uid, gid)
         dirs = s3mounts.dataset_dirs(plan, storage, root)
         sp.log.info("%s: %d bucket mount(s) in %.3f s", sp._log_name, len(plan), time.monotonic() - t0)
         sp.esker_event(77, f"Your bucket and {len(dirs)} dataset(s) are files under {link or root} "

@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from . import schema as schema_mod
 from .auth import Auth, Caller, Denied
-from .source import VID, NotFound, SourceError, Versions, resolve
+from .source import VID, NotFound, SourceError, Versions
+from .versions import UnknownVersion, resolve
 from .stats import VersionStats
 from .tasks import FINISHED, RESTARTED, Tasks
 from .workers import CallError, Handle, Pool
@@ -80,10 +81,12 @@ class Function:
         if VID.match(ref) and ref in self.manifests:  # a full vid is immutable: no need to re-read
             return ref
         await self.refresh()
-        vid = resolve(ref, self.aliases, self.vids)
-        if vid is None:
-            raise CallError(404, "NotFound", f"{self.name} has no version {ref!r} (aliases: "
-                                             f"{', '.join(sorted(self.aliases)) or 'none'})")
+        try:
+            vid = resolve(self.aliases, self.vids, ref)
+        except UnknownVersion as e:
+            raise CallError(404, "NotFound", f"{self.name}: {e}") from None
+        if not VID.match(vid):  # an aliases.json edited by hand
+            raise CallError(404, "NotFound", f"{self.name}: alias {ref!r} names no version id ({vid!r})")
         return vid
 
     async def pool(self, vid: str) -> Pool:

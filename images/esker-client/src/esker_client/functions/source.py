@@ -7,7 +7,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Optional
 
 PREFIX = ".esker/functions"
 VID = re.compile(r"^[0-9a-f]{16}$")
@@ -114,21 +113,6 @@ class Versions:
 
     def code(self, vid: str) -> bytes:
         return self.source._read(f"{self.base}/versions/{vid}/code.py")
-
-
-def resolve(ref: str, aliases: dict, vids: list[str]) -> Optional[str]:
-    """The vid ``ref`` names: an alias (`latest`, `1.2.3`, `1.2`, `1`, or any other name in aliases.json),
-    a full vid, or a unique vid prefix of at least 6 hex digits. None when it names nothing (or is ambiguous)."""
-    if ref in aliases:
-        vid = aliases[ref]
-        return vid if isinstance(vid, str) and VID.match(vid) else None
-    known = set(vids) | {v for v in aliases.values() if isinstance(v, str) and VID.match(v)}
-    if ref in known:
-        return ref
-    if re.fullmatch(r"[0-9a-f]{6,15}", ref):
-        matches = [v for v in known if v.startswith(ref)]
-        return matches[0] if len(matches) == 1 else None
-    return None
 
 
 def from_env(env=os.environ):
