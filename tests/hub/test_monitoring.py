@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -250,6 +251,12 @@ def every_metric_name() -> set[str]:
     reg.register(metrics.GpuCollector(lambda: FakeLedger({"0": "a/"}), lambda: {"0": {"utilization": 1.0,
                                                                                       "memory_used": 1.0}}))
     reg.register(metrics.SparkCollector(1, fetch=lambda p, t: MASTER_JSON))
+    from esker.functions import stats as fn_stats
+    snap = os.path.join(tempfile.mkdtemp(prefix="esker-fn-metrics-"), "functions-metrics.json")
+    fn_stats.write(snap, fn_stats.snapshot({"alice/add": {"versions": {"0123456789abcdef": {
+        "calls": 3, "errors": 1, "in_flight": 0, "latency_buckets": {"0.1": 2, "+Inf": 3}, "latency_sum": 0.4}}}},
+        {"alice/add": [1, 2.5]}))
+    reg.register(metrics.FunctionsCollector(lambda: snap))
     return metrics.metric_names(REGISTRY) | metrics.metric_names(reg)
 
 
@@ -271,7 +278,10 @@ def test_dashboard_is_valid_and_names_only_existing_metrics():
     used = set().union(*(metric_names_in(e) for e in exprs))
     for wanted in ("esker_spawn_duration_seconds_bucket", "esker_spawn_failures_total", "esker_servers_running",
                    "esker_gpu_assigned", "esker_gpu_utilization_ratio", "esker_scratch_used_bytes",
-                   "esker_spark_applications", "esker_reservations", "esker_seats_in_use", "jupyterhub_total_users"):
+                   "esker_spark_applications", "esker_reservations", "esker_seats_in_use", "jupyterhub_total_users",
+                   "esker_function_calls_total", "esker_function_latency_seconds_bucket",
+                   "esker_function_errors_total", "esker_function_in_flight", "esker_function_cold_starts_total",
+                   "esker_function_cold_start_seconds_total"):
         assert wanted in used, f"the dashboard does not show {wanted}"
 
 
