@@ -15,7 +15,7 @@ from esker import resources
 from esker.app.deployment import Deployment, run_dir
 from esker.core import config as config_mod
 from esker.courses.roles import SERVICE_NAME, course_groups, course_roles, courses_service
-from esker.functions.roles import functions_service, named_server_gate
+from esker.functions.roles import PUBLISH_SCOPE, functions_service, named_server_gate, publisher_traits
 from esker.objectstore.ceph import service_commands as ceph_services
 from esker.state.coursestore import effective_courses
 
@@ -158,6 +158,11 @@ def function_traits(cfg: dict, d: Deployment, merged: Mapping, port: int | None 
     # `server` role (activity, access to this one server) plus access to the owner's other servers, which the
     # owner holds anyway (the hub grants a token only the subset its user has).
     spawner["server_token_scopes"] = ["users:activity!user", "access:servers!server", "access:servers!user"]
+    custom, publishers = publisher_traits(f["publish_groups"])
+    if custom:  # publishers' servers' tokens carry the scope (the hub gives a token only what its user holds)
+        spawner["server_token_scopes"].append(PUBLISH_SCOPE)
+        hub["custom_scopes"] = {**hub.get("custom_scopes", {}), **custom}
+        hub["load_roles"] = [*hub["load_roles"], *publishers]
     # The proxy's address, where /services/esker-functions/ is (JUPYTERHUB_API_URL is the hub's own port).
     spawner["environment"] = {**spawner.get("environment", {}), "ESKER_HUB_URL": proxy_url}
 

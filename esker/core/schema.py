@@ -472,6 +472,11 @@ SCHEMA["properties"]["functions"] = {
         "idle_timeout": {"type": "integer", "minimum": 0, "default": 900,
                          "description": "Seconds without a call after which a function's server is stopped (it "
                          "starts again at the next call); 0: the hub's idle culler alone (an hour)."},
+        "publish_groups": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True,
+                           "default": [],
+                           "description": "Groups whose members may publish functions (they get the custom scope "
+                           "custom:esker-functions:publish); empty: every user may. Calling a function is decided "
+                           "by its shares, not by this."},
         "cull_every": {"type": "integer", "minimum": 10, "default": 60,
                        "description": "Seconds between the functions service's looks for idle functions and "
                        "pulls of their call counters (for the hub's metrics)."},

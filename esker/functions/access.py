@@ -43,6 +43,15 @@ def user_of(model: Mapping[str, Any]) -> UserInfo:
                     admin=bool(model.get("admin")))
 
 
+def check_publisher(model: Mapping[str, Any], groups: list[str] | tuple[str, ...]) -> None:
+    """With functions.publish_groups set, only a token holding the publishers' custom scope publishes (403)."""
+    from esker.functions.roles import PUBLISH_SCOPE
+
+    if groups and PUBLISH_SCOPE not in set(model.get("scopes") or ()):
+        raise OptionError(f"publishing functions on this hub is for the groups {', '.join(groups)}; "
+                          f"{model.get('name')} is not in any of them (or the token lacks {PUBLISH_SCOPE})", 403)
+
+
 def publish_options(catalog: Catalog, user: UserInfo, name: str, manifest: Any) -> dict:
     """The named server's user_options for a publish of ``manifest`` (docs/functions.md): checked field by field,
     then by the catalog as a spawn is. OptionError (400, or 403 for a profile or choice the user may not use)

@@ -135,6 +135,7 @@ class FunctionHandler(Base):
         model = await self.owner(name)
         manifest = self.body_json()
         try:
+            access.check_publisher(model, self.st.cfg["functions"]["publish_groups"])
             options = access.publish_options(self.st.catalog(), access.user_of(model), name, manifest)
         except OptionError as e:
             raise web.HTTPError(e.status, str(e)) from None

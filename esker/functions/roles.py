@@ -28,6 +28,22 @@ SERVICE_SCOPES = [
     "read:users:name",   # the hub requires it to share with a user by name
     "read:groups:name",  # ... and this one to share with a group by name
 ]
+# Who may publish, when functions.publish_groups restricts it: a JupyterHub custom scope held through a role by
+# those groups (and passed to their servers' tokens, which `esker fn publish` uses).
+PUBLISH_SCOPE = "custom:esker-functions:publish"
+
+
+def publisher_traits(groups: list[str]) -> tuple[dict, list[dict]]:
+    """``JupyterHub.custom_scopes`` and the publishers' role for ``functions.publish_groups`` (none when empty:
+    then every user publishes and no scope is checked)."""
+    if not groups:
+        return {}, []
+    scopes = {PUBLISH_SCOPE: {"description": "Publish functions with esker fn publish (docs/functions.md)."}}
+    role = {"name": "esker-function-publishers", "description": "May publish functions",
+            "scopes": [PUBLISH_SCOPE], "groups": list(groups)}
+    return scopes, [role]
+
+
 SERVICE_ENV_KEEP = ("ESKER_FUNCTIONS_PROXY_URL", "ESKER_FUNCTIONS_CALL_TIMEOUT")
 
 

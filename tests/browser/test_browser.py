@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -98,7 +99,9 @@ def test_the_functions_page_lists_a_published_function(running_hub, hub, browser
                 "            ['esker', 'fn', 'share', 'square', '--user', 'browser-fn-friend']):\n"
                 "    p = subprocess.run(cmd, capture_output=True, text=True)\n"
                 "    assert p.returncode == 0, p.stdout + p.stderr\n")
-        out = run_code(f"{running_hub.url}/user/{user}/", hub.user_token(user), code, timeout=600)
+        # Playwright's sync API runs an event loop in this thread; the kernel client wants one of its own.
+        with ThreadPoolExecutor(1) as pool:
+            out = pool.submit(run_code, f"{running_hub.url}/user/{user}/", hub.user_token(user), code, 600).result()
         assert out["error"] is None, (out["error"], out["stderr"][-2000:])
         login(page, running_hub.url, user)
         page.goto(f"{running_hub.url}/services/esker-functions/")

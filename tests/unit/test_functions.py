@@ -165,3 +165,33 @@ def test_metrics_collector_reads_the_snapshot(tmp_path):
     assert 'esker_function_calls_total{function="alice/p",version="abc"} 3.0' in text
     assert 'esker_function_latency_seconds_bucket{function="alice/p",le="0.1",version="abc"} 2.0' in text
     assert 'esker_function_cold_starts_total{function="alice/p"} 2.0' in text
+
+
+def test_publish_groups_restrict_publishing_to_a_custom_scope():
+    from esker.app import configurer
+    from esker.core import config as config_mod
+    from esker.functions import access
+    from esker.functions.roles import PUBLISH_SCOPE
+    from esker.core.plan import OptionError
+    from esker import resources
+    from esker.app.deployment import Deployment
+    import tempfile
+
+    cfg = config_mod.load(str(resources.default_config())).data
+    d = Deployment(state_dir=tempfile.mkdtemp(), config_file="esker.yaml", port=8000, hub_port=8081,
+                              proxy_api_port=8001, proxy_command=[])
+    open_hub = configurer.to_traitlets(cfg, d)
+    assert "custom_scopes" not in open_hub["JupyterHub"]
+    assert PUBLISH_SCOPE not in open_hub["Spawner"]["server_token_scopes"]
+    access.check_publisher({"name": "alice", "scopes": []}, [])  # no groups: everyone publishes
+
+    cfg = {**cfg, "functions": {**cfg["functions"], "publish_groups": ["data-team"]}}
+    closed = configurer.to_traitlets(cfg, d)
+    assert PUBLISH_SCOPE in closed["JupyterHub"]["custom_scopes"]
+    role = next(r for r in closed["JupyterHub"]["load_roles"] if r["name"] == "esker-function-publishers")
+    assert role["scopes"] == [PUBLISH_SCOPE] and role["groups"] == ["data-team"]
+    assert PUBLISH_SCOPE in closed["Spawner"]["server_token_scopes"]
+    access.check_publisher({"name": "alice", "scopes": [PUBLISH_SCOPE, "access:servers!user=alice"]}, ["data-team"])
+    with pytest.raises(OptionError) as e:
+        access.check_publisher({"name": "bob", "scopes": ["access:servers!user=bob"]}, ["data-team"])
+    assert e.value.status == 403 and "data-team" in str(e.value)
