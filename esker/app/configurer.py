@@ -15,7 +15,7 @@ from esker import resources
 from esker.app.deployment import Deployment, run_dir
 from esker.core import config as config_mod
 from esker.courses.roles import SERVICE_NAME, course_groups, course_roles, courses_service
-from esker.functions.roles import PUBLISH_SCOPE, functions_service, named_server_gate, publisher_traits
+from esker.functions.roles import PUBLISH_SCOPE, SERVICE_NAME as FUNCTIONS_SERVICE, functions_service, named_server_gate, publisher_traits
 from esker.objectstore.ceph import service_commands as ceph_services
 from esker.state.coursestore import effective_courses
 
@@ -153,6 +153,14 @@ def function_traits(cfg: dict, d: Deployment, merged: Mapping, port: int | None 
     service, role = functions_service(cfg, d, port, proxy_url)
     hub["services"] = [*hub.get("services", []), service]
     hub["load_roles"] = [*hub.get("load_roles", []), role]
+    # Every user may open the functions page (the hub's OAuth for the service asks for this scope); what they
+    # see and may call there is decided per function.
+    page = f"access:services!service={FUNCTIONS_SERVICE}"
+    users = next((r for r in hub["load_roles"] if r.get("name") == "user"), None)
+    if users is None:
+        hub["load_roles"].append({"name": "user", "scopes": ["self", page]})
+    elif page not in users.setdefault("scopes", ["self"]):
+        users["scopes"].append(page)
     spawner = merged.setdefault("Spawner", {})
     # `esker fn invoke` in a notebook calls the owner's functions with the server's own token: JupyterHub's
     # `server` role (activity, access to this one server) plus access to the owner's other servers, which the
