@@ -19,6 +19,7 @@ from jupyterhub.services.auth import check_scopes
 from esker.core.catalog import Catalog, UserInfo
 from esker.core.functions import OPTION, check_name, server_name, split_options
 from esker.core.plan import OptionError, select
+from esker.functions.roles import PUBLISH_SCOPE
 
 VID_RE = re.compile(r"^[0-9a-f]{16}$")
 SEMVER_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
@@ -45,8 +46,6 @@ def user_of(model: Mapping[str, Any]) -> UserInfo:
 
 def check_publisher(model: Mapping[str, Any], groups: list[str] | tuple[str, ...]) -> None:
     """With functions.publish_groups set, only a token holding the publishers' custom scope publishes (403)."""
-    from esker.functions.roles import PUBLISH_SCOPE
-
     if groups and PUBLISH_SCOPE not in set(model.get("scopes") or ()):
         raise OptionError(f"publishing functions on this hub is for the groups {', '.join(groups)}; "
                           f"{model.get('name')} is not in any of them (or the token lacks {PUBLISH_SCOPE})", 403)
