@@ -15,7 +15,8 @@ from esker import resources
 from esker.app.deployment import Deployment, run_dir
 from esker.core import config as config_mod
 from esker.courses.roles import SERVICE_NAME, course_groups, course_roles, courses_service
-from esker.functions.roles import PUBLISH_SCOPE, SERVICE_NAME as FUNCTIONS_SERVICE, functions_service, named_server_gate, publisher_traits
+from esker.functions.roles import SERVICE_NAME as FUNCTIONS_SERVICE
+from esker.functions.roles import PUBLISH_SCOPE, functions_service, named_server_gate, publisher_traits
 from esker.objectstore.ceph import service_commands as ceph_services
 from esker.state.coursestore import effective_courses
 
@@ -229,6 +230,10 @@ KUBERNETES_COURSES_PORT = 10101
 # API server's address, for the in-cluster configuration of its placeholder pods (the ServiceAccount's token
 # and CA are files).
 KUBERNETES_SERVICE_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
+# The esker-functions service, likewise (hub.extraEnv ESKER_FUNCTIONS_PORT, the same network policies). It and
+# the notebooks reach the function servers through z2jh's proxy Service (port 80 -> chp's 8000), not the hub.
+KUBERNETES_FUNCTIONS_PORT = 10102
+KUBERNETES_PROXY_URL = "http://proxy-public"
 
 
 def _pod_ip(env: Mapping) -> str:
@@ -245,7 +250,8 @@ def apply_kubernetes(c, environ: Mapping | None = None) -> None:
     The service is a JupyterHub-managed process of the hub pod, as in embedded mode, with its state in
     ``$ESKER_STATE_DIR`` (the hub's persistent volume) and the same public path, ``/services/esker-courses/``.
     JupyterHub hands its ``url`` to the service, which listens there, and to the proxy, which runs in another
-    pod: so the url is the hub pod's own IP and ``$ESKER_COURSES_PORT``, not loopback."""
+    pod: so the url is the hub pod's own IP and ``$ESKER_COURSES_PORT``, not loopback. The same for esker-functions
+    and ``$ESKER_FUNCTIONS_PORT``; it reaches the proxy at ``$ESKER_FUNCTIONS_PROXY_URL`` (z2jh's proxy-public)."""
     env = os.environ if environ is None else environ
     config_file = env.get("ESKER_CONFIG") or str(resources.SHIPPED_CONFIG)
     state_dir = env.get("ESKER_STATE_DIR") or "/srv/jupyterhub/esker"  # z2jh's hub volume
@@ -265,7 +271,8 @@ def apply_kubernetes(c, environ: Mapping | None = None) -> None:
     hub = c.JupyterHub
     merged: Mapping = {"JupyterHub": {"services": list(hub.get("services", [])),
                                       "load_roles": list(hub.get("load_roles", [])),
-                                      "load_groups": dict(hub.get("load_groups", {}))}}
+                                      "load_groups": dict(hub.get("load_groups", {})),
+                                      "custom_scopes": dict(hub.get("custom_scopes", {}))}}
     course_traits(cfg.data, d, merged, port)
     for service in merged["JupyterHub"]["services"]:
         if service.get("name") == SERVICE_NAME:
@@ -273,4 +280,18 @@ def apply_kubernetes(c, environ: Mapping | None = None) -> None:
             environment = service.setdefault("environment", {})
             environment["ESKER_COURSES_BACKEND"] = "kubernetes"
             environment.update({k: env[k] for k in KUBERNETES_SERVICE_ENV if env.get(k)})
+    fn_port = int(env.get("ESKER_FUNCTIONS_PORT") or KUBERNETES_FUNCTIONS_PORT)
+    proxy_url = env.get("ESKER_FUNCTIONS_PROXY_URL") or KUBERNETES_PROXY_URL
+    function_traits(cfg.data, d, merged, fn_port, proxy_url)
+    for service in merged["JupyterHub"]["services"]:
+        if service.get("name") == FUNCTIONS_SERVICE:
+            service["url"] = f"http://{f'[{host}]' if ':' in host else host}:{fn_port}"
+    # z2jh's jupyterhub_config.py sets c.KubeSpawner.environment from singleuser.extraEnv (always: its default
+    # is {}) before extraConfig runs, and KubeSpawner's section outranks Spawner's: so the notebooks' settings
+    # go there, merged with the chart's, and win over hub.config's KubeSpawner values.
+    spawner = merged.pop("Spawner", {})
+    if spawner:
+        kube = dict(spawner)
+        kube["environment"] = {**dict(c.KubeSpawner.get("environment", {})), **spawner.get("environment", {})}
+        merged["KubeSpawner"] = kube
     apply(c, merged)

@@ -283,7 +283,7 @@ def test_network_policies_let_the_proxy_reach_the_courses_service_in_the_hub_pod
     assert port == KUBERNETES_COURSES_PORT
     (ingress,) = hub["networkPolicy"]["ingress"]  # added to z2jh's hub policy (which admits only port 8081)
     assert ingress["from"] == [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}]
-    assert ingress["ports"] == [{"port": port, "protocol": "TCP"}]
+    assert {"port": port, "protocol": "TCP"} in ingress["ports"]
     (egress,) = VALUES["jupyterhub"]["proxy"]["chp"]["networkPolicy"]["egress"]
     assert egress["to"] == [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "hub"}}}]
     assert egress["ports"] == ingress["ports"]
@@ -293,6 +293,31 @@ def test_network_policies_let_the_proxy_reach_the_courses_service_in_the_hub_pod
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(schema).validate(
             merge(merge(defaults, VALUES["jupyterhub"]), {"hub": {"networkPolicy": {"ingres": []}}}))
+
+
+def test_network_policies_let_the_proxy_and_the_functions_service_reach_each_other_only():
+    from esker.app.configurer import KUBERNETES_COURSES_PORT, KUBERNETES_FUNCTIONS_PORT
+
+    hub = VALUES["jupyterhub"]["hub"]
+    port = int(hub["extraEnv"]["ESKER_FUNCTIONS_PORT"])
+    assert port == KUBERNETES_FUNCTIONS_PORT != KUBERNETES_COURSES_PORT
+    proxy_pod = [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}]
+    # The proxy -> the service: the hub admits it from the proxy pod alone, on exactly the two service ports.
+    (ingress,) = hub["networkPolicy"]["ingress"]
+    assert ingress["from"] == proxy_pod
+    assert ingress["ports"] == [{"port": KUBERNETES_COURSES_PORT, "protocol": "TCP"}, {"port": port, "protocol": "TCP"}]
+    (proxy_egress,) = VALUES["jupyterhub"]["proxy"]["chp"]["networkPolicy"]["egress"]
+    assert proxy_egress["ports"] == ingress["ports"]
+    # The activator -> the proxy's public port: chp's http port (z2jh's proxy-public Service maps 80 to it).
+    (hub_egress,) = hub["networkPolicy"]["egress"]
+    assert hub_egress == {"to": proxy_pod, "ports": [{"port": 8000, "protocol": "TCP"}]}
+    z2jh = yaml.safe_load((Z2JH / "values.yaml").read_text())
+    assert "http" in z2jh["proxy"]["chp"]["networkPolicy"]["allowedIngressPorts"]  # chp admits 8000 from anywhere
+    schema = yaml.safe_load((Z2JH / "values.schema.yaml").read_text())
+    values = merge(z2jh, VALUES["jupyterhub"])
+    jsonschema.Draft7Validator(schema).validate(values)
+    with pytest.raises(jsonschema.ValidationError):  # z2jh's schema is strict about the rule's shape
+        jsonschema.Draft7Validator(schema).validate(merge(values, {"hub": {"networkPolicy": {"egres": []}}}))
 
 
 def test_prepuller_images_are_derived_from_the_catalog():

@@ -30,7 +30,7 @@ def test_extra_config_adds_courses_service_and_roles(tmp_path):
     assert "apply_kubernetes(c)" in snippet
     traits.apply_kubernetes(c, env)
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert set(services) == {"existing", "esker-courses"}  # z2jh's own services are kept
+    assert set(services) == {"existing", "esker-courses", "esker-functions"}  # z2jh's own services are kept
     assert services["esker-courses"]["environment"]["ESKER_COURSES_BACKEND"] == "kubernetes"
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "esker-courses" in roles
@@ -43,9 +43,10 @@ def _extra_env(values=VALUES):
     return values["jupyterhub"]["hub"]["extraEnv"]
 
 
-def _courses_service(tmp_path, monkeypatch, pod_ip="10.244.3.7", port=None, courses=()):
-    """Run the chart's extraConfig snippet as z2jh's jupyterhub_config.py does (exec, with `c`), in the hub
-    pod's environment (hub.extraEnv, the downward API's pod IP, the API server's variables)."""
+def _chart_hub(tmp_path, monkeypatch, pod_ip="10.244.3.7", port=None, courses=(), extra_env=None, z2jh=None):
+    """Run the chart's extraConfig snippet as z2jh's jupyterhub_config.py does (exec, with `c`, after its own
+    settings: ``z2jh`` {section: {trait: value}}), in the hub pod's environment (hub.extraEnv, the downward
+    API's pod IP, the API server's variables)."""
     cfg = VALUES["esker"]["config"] | {"courses": list(courses), "hub": {"mode": "kubernetes"}}
     config_file = tmp_path / "esker.yaml"
     config_file.write_text(yaml.safe_dump(cfg))
@@ -56,11 +57,19 @@ def _courses_service(tmp_path, monkeypatch, pod_ip="10.244.3.7", port=None, cour
             "ESKER_USER_PASSWORD": "u" * 16, "ESKER_ADMIN_PASSWORD": "a" * 40}  # from the Secret esker-auth
     if port:
         env["ESKER_COURSES_PORT"] = str(port)
+    env |= extra_env or {}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     c = Config()
     c.JupyterHub.services = [{"name": "idle-culler", "command": ["python3", "-m", "jupyterhub_idle_culler"]}]
+    for section, values in (z2jh or {}).items():
+        c[section].update(values)
     exec(VALUES["jupyterhub"]["hub"]["extraConfig"]["esker"], {"c": c})
+    return c, env
+
+
+def _courses_service(tmp_path, monkeypatch, **kw):
+    c, env = _chart_hub(tmp_path, monkeypatch, **kw)
     (service,) = [s for s in c.JupyterHub.services if s["name"] == "esker-courses"]
     return service, env
 
@@ -157,3 +166,54 @@ def test_the_chart_hub_refuses_a_content_path_course_at_start(tmp_path, monkeypa
     with pytest.raises(ConfigError) as e:
         _courses_service(tmp_path, monkeypatch, courses=[path])
     assert [p.split(":")[0] for p in e.value.problems] == ["courses[0].content.path"]
+
+
+# What z2jh 4.4's jupyterhub_config.py sets before hub.extraConfig runs (last): allow_named_servers and
+# named_server_limit_per_user from hub.allowNamedServers/namedServerLimitPerUser (False/None by default),
+# KubeSpawner.environment from singleuser.extraEnv (always, {} by default: it outranks Spawner.environment).
+Z2JH_FIRST = {"JupyterHub": {"allow_named_servers": False},
+              "KubeSpawner": {"environment": {"OPERATOR_VAR": "kept"}, "server_token_scopes": ["users:activity!user"]}}
+
+
+def test_the_chart_runs_the_functions_service_in_the_hub_pod_behind_the_proxy(tmp_path, monkeypatch):
+    from esker.functions.roles import SERVICE_NAME, SERVICE_SCOPES
+
+    extra = _extra_env()
+    port = int(extra["ESKER_FUNCTIONS_PORT"])
+    assert port == traits.KUBERNETES_FUNCTIONS_PORT
+    c, env = _chart_hub(tmp_path, monkeypatch, z2jh=Z2JH_FIRST)
+    (service,) = [s for s in c.JupyterHub.services if s["name"] == SERVICE_NAME]
+    # Listens on the pod's IP (the proxy, another pod, reaches it there), a managed service of the hub pod.
+    assert service["url"] == f"http://10.244.3.7:{port}"
+    assert service["command"][1:] == ["-m", "esker.functions.service"]
+    environment = service["environment"]
+    assert environment["ESKER_FUNCTIONS_PROXY_URL"] == "http://proxy-public" == traits.KUBERNETES_PROXY_URL
+    assert environment["ESKER_STATE_DIR"] == env["ESKER_STATE_DIR"]
+    (role,) = [r for r in c.JupyterHub.load_roles if r["name"] == SERVICE_NAME]
+    assert role["services"] == [SERVICE_NAME] and role["scopes"] == SERVICE_SCOPES
+    # z2jh's values ran first and are overridden: named servers (fn-<name> only, through the gate).
+    assert c.JupyterHub.allow_named_servers is True
+    gate = c.JupyterHub.named_server_limit_per_user
+    assert gate.limit == traits.config_mod.load(env["ESKER_CONFIG"]).data["functions"]["max_per_user"]
+    # The notebooks' settings land on KubeSpawner's section (which z2jh always sets), merged with the operator's.
+    kube = c.KubeSpawner
+    assert kube.server_token_scopes == ["users:activity!user", "access:servers!server", "access:servers!user"]
+    assert kube.environment == {"OPERATOR_VAR": "kept", "ESKER_HUB_URL": "http://proxy-public"}
+    # Both overridable from the pod's environment; IPv6 pods get a bracketed host.
+    c2, _ = _chart_hub(tmp_path, monkeypatch, pod_ip="fd00:10::7", extra_env={
+        "ESKER_FUNCTIONS_PORT": "10222", "ESKER_FUNCTIONS_PROXY_URL": "http://proxy-public.hub.svc:80"})
+    (service2,) = [s for s in c2.JupyterHub.services if s["name"] == SERVICE_NAME]
+    assert service2["url"] == "http://[fd00:10::7]:10222"
+    assert service2["environment"]["ESKER_FUNCTIONS_PROXY_URL"] == "http://proxy-public.hub.svc:80"
+    assert c2.KubeSpawner.environment["ESKER_HUB_URL"] == "http://proxy-public.hub.svc:80"
+
+
+def test_functions_disabled_adds_no_service_and_no_named_servers(tmp_path, monkeypatch):
+    cfg = VALUES["esker"]["config"] | {"hub": {"mode": "kubernetes"}, "functions": {"enabled": False}}
+    config_file = tmp_path / "off.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    c, _ = _chart_hub(tmp_path, monkeypatch, z2jh=Z2JH_FIRST, extra_env={"ESKER_CONFIG": str(config_file)})
+    assert "esker-functions" not in {s["name"] for s in c.JupyterHub.services}
+    assert "esker-functions" not in {r["name"] for r in c.JupyterHub.load_roles}
+    assert c.JupyterHub.allow_named_servers is False
+    assert c.KubeSpawner.environment == {"OPERATOR_VAR": "kept"}
