@@ -64,7 +64,8 @@ def make_app(st: State, prefix: str) -> web.Application:
 
 async def idle_and_stats_once(st: State, now: float | None = None) -> list[str]:
     """Stop fn servers idle past functions.idle_timeout (the hub's last activity, or the activator's last call,
-    whichever is later); pull each running one's stats into the metrics snapshot. Returns the stopped."""
+    whichever is later) unless a call or task is in flight there; pull each running one's stats into the
+    metrics snapshot. Returns the stopped."""
     now = now or time.time()
     idle = st.cfg["functions"]["idle_timeout"]
     stopped, pulled = [], {}
@@ -73,22 +74,23 @@ async def idle_and_stats_once(st: State, now: float | None = None) -> list[str]:
             if not server.startswith(SERVER_PREFIX) or not model.get("ready"):
                 continue
             owner, name = user["name"], server[len(SERVER_PREFIX):]
-            last = model.get("last_activity")
-            seen = datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() if last else now
-            seen = max(seen, st.activator.last_call.get((owner, name), 0))
-            if idle and now - seen > idle:
-                log.info("stopping %s/%s: idle %ds", owner, server, now - seen)
-                await st.api.request("DELETE", f"/users/{quote(owner, safe='')}/servers/{server}")
-                stopped.append(f"{owner}/{name}")
-                continue
             url = f"{st.proxy_url.rstrip('/')}{st.base_url.rstrip('/')}/user/{quote(owner, safe='')}/{server}/stats"
             r = await st.http.fetch(HTTPRequest(url, headers={"Authorization": f"token {st.api.token}"},
                                                 request_timeout=10), raise_error=False)
+            got = None
             if r.code == 200:
                 try:
-                    pulled[f"{owner}/{name}"] = json.loads(r.body)
+                    got = pulled[f"{owner}/{name}"] = json.loads(r.body)
                 except ValueError:
                     pass
+            last = model.get("last_activity")
+            seen = datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() if last else now
+            seen = max(seen, st.activator.last_call.get((owner, name), 0))
+            if idle and now - seen > idle and not stats.busy(got):
+                log.info("stopping %s/%s: idle %ds", owner, server, now - seen)
+                await st.api.request("DELETE", f"/users/{quote(owner, safe='')}/servers/{server}")
+                stopped.append(f"{owner}/{name}")
+                pulled.pop(f"{owner}/{name}", None)
     stats.write(os.path.join(st.state_dir, SNAPSHOT), stats.snapshot(pulled, st.activator.cold_starts))
     return stopped
 

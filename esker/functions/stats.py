@@ -18,6 +18,11 @@ def snapshot(servers: dict, cold_starts: dict) -> dict:
     return {"functions": out}
 
 
+def busy(server_stats: dict | None) -> bool:
+    """Whether a function server's ``GET stats`` shows a call or task in flight (unknown: not busy)."""
+    return any((v or {}).get("in_flight") for v in ((server_stats or {}).get("versions") or {}).values())
+
+
 def write(path: str, data: dict) -> None:
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -34,6 +34,7 @@ class FakeHub:
     def __init__(self):
         self.tokens: dict[str, dict] = {}
         self.requests = 0
+        self.activity: list[tuple[str, str, dict]] = []  # (path, token, body) of each activity report
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,6 +51,12 @@ class FakeHub:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                hub.activity.append((self.path, self.headers.get("Authorization", ""), body))
+                self.send_response(204)
+                self.end_headers()
 
             def log_message(self, *a):
                 pass
@@ -104,6 +111,7 @@ class Server:
             JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{self.port}{self.prefix}", JUPYTERHUB_SERVICE_PREFIX=self.prefix,
             JUPYTERHUB_USER="alice", JUPYTERHUB_SERVER_NAME=f"fn-{name}", JUPYTERHUB_API_URL=hub.api_url,
             JUPYTERHUB_API_TOKEN="the-servers-own-token",
+            JUPYTERHUB_ACTIVITY_URL=f"{hub.api_url}/users/alice/activity", ESKER_FUNCTION_ACTIVITY_EVERY="0.5",
             JUPYTERHUB_OAUTH_ACCESS_SCOPES=json.dumps([f"access:servers!server=alice/fn-{name}"]),
             PYTHONPATH=os.pathsep.join([str(CLIENT_SRC), os.environ.get("PYTHONPATH", "")]),
             ESKER_FUNCTION_AUTH_CACHE="1", ESKER_FUNCTION_QUEUE="1")

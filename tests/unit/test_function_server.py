@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -358,10 +359,11 @@ def test_tasks_survive_a_restart_and_unfinished_ones_fail_clearly(tmp_path, hub,
         assert wait_for(lambda: get(s, f"tasks/{done}").json()["status"] == "done")
         running = post(s, "async", json={"a": 1, "mode": "sleep", "seconds": 60}).json()["task"]
         assert wait_for(lambda: get(s, f"tasks/{running}").json()["status"] == "running")
-        db = s.scratch / "esker-functions" / "demo" / "tasks.sqlite"
+        db = s.home / ".esker" / "functions" / "demo.tasks.sqlite"
         assert stat.S_IMODE(db.stat().st_mode) == 0o600
         assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
         s.stop()  # a clean stop (SIGTERM) fails the unfinished task itself
+        shutil.rmtree(s.scratch)  # the spawner releases scratch at every stop: results must not live there
         s.start()
         assert get(s, f"tasks/{done}").json()["result"]["sum"] == 2
         t = get(s, f"tasks/{running}").json()
@@ -377,6 +379,24 @@ def test_tasks_survive_a_restart_and_unfinished_ones_fail_clearly(tmp_path, hub,
         t = get(s, f"tasks/{crashed}").json()
         assert t["status"] == "failed" and t["error"]["type"] == "ServerRestarted"
         assert get(s, f"tasks/{done}").json()["status"] == "done"
+    finally:
+        s.stop()
+
+
+def test_a_busy_server_reports_activity_and_an_idle_one_does_not(tmp_path, hub, bucket):
+    s = Server(tmp_path, hub, f"dir:{bucket}", JUPYTERHUB_API_TOKEN="busy-servers-token").start()
+    try:
+        time.sleep(1.5)  # idle: three report periods pass without a report
+        assert not [a for a in hub.activity if a[1] == "token busy-servers-token"]
+        tid = post(s, "async", json={"a": 1, "mode": "sleep", "seconds": 3}).json()["task"]
+        assert wait_for(lambda: get(s, f"tasks/{tid}").json()["status"] == "done", timeout=20)
+        mine = [a for a in hub.activity if a[1] == "token busy-servers-token"]
+        assert mine, "no activity reported during a 3 s task"
+        path, _, body = mine[-1]
+        assert path == "/hub/api/users/alice/activity" and set(body["servers"]) == {"fn-demo"}
+        n = len(mine)
+        time.sleep(1.5)  # idle again: no more reports
+        assert len([a for a in hub.activity if a[1] == "token busy-servers-token"]) == n
     finally:
         s.stop()
 

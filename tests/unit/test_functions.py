@@ -20,7 +20,7 @@ from esker.core.functions import function_of, split_options
 from esker.core.plan import OptionError, Placement, Site, SparkSite, build_plan, select
 from esker.functions import access, stats
 from esker.functions.activator import forward_request, safe_rest
-from esker.functions.roles import SERVICE_SCOPES, named_server_gate
+from esker.functions.roles import SERVICE_SCOPES, SNAPSHOT, named_server_gate
 from esker.functions.store import FunctionStore
 from esker.spawner import k8s_objects as ko
 
@@ -195,3 +195,59 @@ def test_publish_groups_restrict_publishing_to_a_custom_scope():
     with pytest.raises(OptionError) as e:
         access.check_publisher({"name": "bob", "scopes": ["access:servers!user=bob"]}, ["data-team"])
     assert e.value.status == 403 and "data-team" in str(e.value)
+
+
+# --- the idle pass -----------------------------------------------------------------------------------------
+
+class _IdleHub:
+    """The hub's API as the idle pass uses it: ready users' servers, DELETE recorded; stats per server URL."""
+
+    token = "svc"
+
+    def __init__(self, servers):
+        self.servers, self.deleted = servers, []
+
+    async def paginated(self, path):
+        assert path == "/users?state=ready"
+        yield {"name": "alice", "servers": self.servers}
+
+    async def request(self, method, path, body=None):
+        self.deleted.append((method, path))
+        return 204, None
+
+
+class _Stats:
+    def __init__(self, by_server):
+        self.by_server = by_server
+
+    async def fetch(self, req, raise_error=True):
+        server = req.url.rstrip("/").split("/")[-2]
+        body = self.by_server.get(server)
+        return types.SimpleNamespace(code=200 if body is not None else 503, body=(body or "").encode())
+
+
+def test_the_idle_pass_stops_idle_functions_but_not_busy_ones_or_notebooks(tmp_path):
+    import asyncio
+    import json
+
+    from esker.functions.service import idle_and_stats_once
+
+    long_ago = "2026-01-01T00:00:00Z"
+    servers = {name: {"ready": True, "last_activity": long_ago} for name in ("fn-idle", "fn-busy", "fn-down", "")}
+    servers["fn-fresh"] = {"ready": True, "last_activity": long_ago}
+    busy = {"versions": {"a" * 16: {"in_flight": 0}, "b" * 16: {"in_flight": 2}}}
+    quiet = {"versions": {"a" * 16: {"in_flight": 0, "calls": 5}}}
+    hub = _IdleHub(servers)
+    st = types.SimpleNamespace(
+        cfg={"functions": {"idle_timeout": 900}}, api=hub, state_dir=str(tmp_path), proxy_url="http://p",
+        base_url="/", http=_Stats({"fn-idle": json.dumps(quiet), "fn-busy": json.dumps(busy),
+                                   "fn-fresh": json.dumps(quiet)}),
+        activator=types.SimpleNamespace(last_call={("alice", "fresh"): 1e12}, cold_starts={}))
+    stopped = asyncio.run(idle_and_stats_once(st, now=1.8e9))
+    # idle with nothing in flight (or no stats to say otherwise) is stopped; a task in flight keeps it; a
+    # call through the activator counts as activity; the default notebook server is not a function
+    assert sorted(stopped) == ["alice/down", "alice/idle"]
+    assert sorted(p for _, p in hub.deleted) == ["/users/alice/servers/fn-down", "/users/alice/servers/fn-idle"]
+    snap = stats.read(str(tmp_path / SNAPSHOT))
+    assert set(snap) == {"alice/busy", "alice/fresh"} and snap["alice/busy"]["versions"] == busy["versions"]
+    assert stats.busy(busy) and not stats.busy(quiet) and not stats.busy(None)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -51,7 +52,7 @@ class Function:
     """One function's versions, worker pools, counters and tasks."""
 
     def __init__(self, name: str, versions: Versions, cache_dir: Path, *, concurrency_default=4,
-                 timeout_default=60.0, queue_limit=64, result_ttl=3600.0):
+                 timeout_default=60.0, queue_limit=64, result_ttl=3600.0, tasks_path: Optional[Path] = None):
         self.name, self.versions = name, versions
         self.cache_dir = private_dir(cache_dir)
         self.concurrency_default, self.timeout_default = concurrency_default, timeout_default
@@ -64,7 +65,9 @@ class Function:
         self.pools: dict[str, Pool] = {}
         self.stats: dict[str, VersionStats] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self.tasks = Tasks(str(self.cache_dir / "tasks.sqlite"), result_ttl)
+        if tasks_path is not None:
+            private_dir(tasks_path.parent)
+        self.tasks = Tasks(str(tasks_path or self.cache_dir / "tasks.sqlite"), result_ttl)
         self.running: dict[str, tuple[Handle, asyncio.Task]] = {}
         self.closing = False
 
@@ -115,6 +118,10 @@ class Function:
                                        queue_limit=self.queue_limit)
         return self.pools[vid]
 
+    def busy(self) -> bool:
+        """A call or a task is waiting or running."""
+        return bool(self.running) or any(s.in_flight for s in self.stats.values())
+
     async def close(self) -> None:
         self.closing = True
         jobs = [task for _, task in self.running.values()]
@@ -124,6 +131,33 @@ class Function:
         for p in self.pools.values():
             await p.close()
         self.tasks.close()
+
+
+class Activity:
+    """While the function is busy, report activity to the hub every ``every`` s (as jupyter-server does), so
+    neither the hub-wide idle culler nor the functions service's idle pass stops a server in mid-call: a
+    long task makes no proxy traffic."""
+
+    def __init__(self, url: str, token: str, server: str, every: float = 30.0):
+        self.url, self.token, self.server, self.every = url, token, server, every
+        self.posted = 0
+
+    def post(self) -> None:
+        t = now_iso()
+        body = json.dumps({"servers": {self.server: {"last_activity": t}}, "last_activity": t}).encode()
+        req = urllib.request.Request(self.url, body, method="POST", headers={
+            "Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10):
+            self.posted += 1
+
+    async def run(self, busy) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            if busy():
+                try:
+                    await asyncio.to_thread(self.post)
+                except Exception as e:  # the hub restarting: the next round tries again
+                    log.warning("could not report activity to the hub: %s", e)
 
 
 class CallLog:
@@ -165,7 +199,8 @@ async def read_args(request: Request, limit: int) -> dict:
     return args
 
 
-def build_app(fn: Function, auth: Auth, prefix: str, calllog: CallLog, max_body: int = 10 * 2**20) -> Starlette:
+def build_app(fn: Function, auth: Auth, prefix: str, calllog: CallLog, max_body: int = 10 * 2**20,
+              activity: Optional[Activity] = None) -> Starlette:
     """``prefix``: JUPYTERHUB_SERVICE_PREFIX (ends with /)."""
 
     def guarded(route: str, who: str = "access"):
@@ -340,7 +375,10 @@ def build_app(fn: Function, auth: Auth, prefix: str, calllog: CallLog, max_body:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        reporter = asyncio.create_task(activity.run(fn.busy)) if activity else None
         yield
+        if reporter:
+            reporter.cancel()
         await fn.close()
 
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)

@@ -6,6 +6,7 @@ Environment (set by the hub and Esker's spawner, as for jupyterhub-singleuser):
   JUPYTERHUB_SERVICE_PREFIX      the URL prefix of every route
   JUPYTERHUB_USER, JUPYTERHUB_SERVER_NAME, JUPYTERHUB_API_URL, JUPYTERHUB_API_TOKEN,
   JUPYTERHUB_OAUTH_ACCESS_SCOPES the owner, the server, and what HubAuth checks callers against
+  JUPYTERHUB_ACTIVITY_URL        where the server reports activity while a call or task runs
   ESKER_BUCKET, AWS_*            the owner's bucket, where versions are published
 Options (environment):
   ESKER_FUNCTION_SOURCE=dir:PATH read versions from a directory with the bucket's layout (development, tests)
@@ -13,8 +14,9 @@ Options (environment):
   ESKER_FUNCTION_QUEUE           callers that may wait per version beyond `concurrency` (64); more get 429
   ESKER_FUNCTION_RESULT_TTL      seconds an async task's result is kept (3600)
   ESKER_FUNCTION_MAX_BODY        largest request body in bytes (10 MiB); larger get 413
-Code and the task database live in a 0700 directory under $SCRATCH_DIR (else $HOME/.cache); the call log is
-$HOME/.esker/functions/<name>.log (0600). A startup problem exits with status 2 and one line on stderr."""
+  ESKER_FUNCTION_ACTIVITY_EVERY  seconds between activity reports while busy (30; below the idle timeouts)
+Code lives in a 0700 directory under $SCRATCH_DIR (else $HOME/.cache); the call log and the task database,
+which outlive the server, are $HOME/.esker/functions/<name>.log and <name>.tasks.sqlite (0600). A startup problem exits with status 2 and one line on stderr."""
 
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ def settings(env=os.environ) -> dict:
     owner = env.get("JUPYTERHUB_USER", "")
     if not owner:
         raise StartupError("JUPYTERHUB_USER is not set (the function's owner)")
+    if _number(env, "ESKER_FUNCTION_ACTIVITY_EVERY", 30.0) == 0:
+        raise StartupError("ESKER_FUNCTION_ACTIVITY_EVERY=0: must be a positive number of seconds")
     base = env.get("SCRATCH_DIR") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
     home = env.get("HOME") or os.path.expanduser("~")
     return {
@@ -69,6 +73,11 @@ def settings(env=os.environ) -> dict:
         "host": url.hostname or "127.0.0.1", "port": url.port, "prefix": prefix.rstrip("/") + "/",
         "cache_dir": Path(base) / "esker-functions" / name,
         "log_path": Path(home) / ".esker" / "functions" / f"{name}.log",
+        # tasks outlive the server (a cull, a restart): scratch is released at every stop, home is kept
+        "tasks_path": Path(home) / ".esker" / "functions" / f"{name}.tasks.sqlite",
+        "activity_url": env.get("JUPYTERHUB_ACTIVITY_URL", ""),
+        "api_token": env.get("JUPYTERHUB_API_TOKEN", ""),
+        "activity_every": _number(env, "ESKER_FUNCTION_ACTIVITY_EVERY", 30.0),
         "queue": _number(env, "ESKER_FUNCTION_QUEUE", 64, int),
         "ttl": _number(env, "ESKER_FUNCTION_RESULT_TTL", 3600.0),
         "max_body": _number(env, "ESKER_FUNCTION_MAX_BODY", 10 * 2**20, int),
@@ -94,7 +103,8 @@ def prepare(env=os.environ):
                            "(esker fn publish)")
     if "latest" not in aliases:
         raise StartupError(f"{versions.source.where}/{versions.base}/aliases.json has no 'latest'")
-    fn = Function(s["name"], versions, s["cache_dir"], queue_limit=s["queue"], result_ttl=s["ttl"])
+    fn = Function(s["name"], versions, s["cache_dir"], queue_limit=s["queue"], result_ttl=s["ttl"],
+                  tasks_path=s["tasks_path"])
     fn.aliases, fn.vids = aliases, vids
     return s, fn, Auth(s["owner"], s["server_name"], env)
 
@@ -116,8 +126,9 @@ def main(argv=None) -> int:
         return 2
     import uvicorn
 
-    from .app import CallLog, build_app
-    app = build_app(fn, auth, s["prefix"], CallLog(s["log_path"]), max_body=s["max_body"])
+    from .app import Activity, CallLog, build_app
+    activity = Activity(s["activity_url"], s["api_token"], s["server_name"], s["activity_every"]) if s["activity_url"] else None
+    app = build_app(fn, auth, s["prefix"], CallLog(s["log_path"]), max_body=s["max_body"], activity=activity)
     logging.getLogger("esker.functions").info("serving %s (%d versions) at %s:%d%s", s["name"], len(fn.vids),
                                               s["host"], s["port"], s["prefix"])
     # access_log off: our own line per call has the caller and version, uvicorn's would have the query string
