@@ -96,3 +96,29 @@ def test_store_versions_aliases_and_isolation(ceph, grants, monkeypatch):  # noq
     assert st.get_code("predict", m1["vid"]) is None
     st.delete_function("predict")
     assert st.list_functions() == ["score"] and st.get_aliases("predict") == {}
+
+
+def test_concurrent_alias_updates_on_the_gateway_lose_nothing(ceph, grants):  # noqa: F811
+    """The gateway honours the ETag preconditions update_aliases relies on (If-Match, If-None-Match: *)."""
+    a, _ = grants
+    s3 = ceph.s3(a["access_key"], a["secret_key"])
+    key = ".esker/functions/race/aliases.json"
+    s3.put_object(Bucket=a["bucket"], Key=key, Body=b"{}", IfNoneMatch="*")
+    for cond in ({"IfNoneMatch": "*"}, {"IfMatch": '"0123456789abcdef0123456789abcdef"'}):
+        with pytest.raises(ClientError) as err:
+            s3.put_object(Bucket=a["bucket"], Key=key, Body=b'{"latest": "x"}', **cond)
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412, cond
+    assert s3.get_object(Bucket=a["bucket"], Key=key)["Body"].read() == b"{}"
+
+    mine, theirs = FunctionStore(s3, a["bucket"]), FunctionStore(s3, a["bucket"])
+    rounds = []
+
+    def latest(al):
+        rounds.append(dict(al))
+        if len(rounds) == 1:  # another publish lands between our read and our write
+            theirs.update_aliases("race", lambda x: {**x, "1.0.0": "a" * 16})
+        return {**al, "latest": "b" * 16}
+
+    mine.update_aliases("race", latest)
+    assert len(rounds) == 2
+    assert mine.get_aliases("race") == {"1.0.0": "a" * 16, "latest": "b" * 16}

@@ -1,6 +1,7 @@
 """`esker fn`: every subcommand's --help, and publish/list/show/alias/delete/share/invoke against a real
 loopback HTTP server standing in for the esker-functions service routes, with the bucket in a directory."""
 
+import hashlib
 import io
 import json
 import subprocess
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "images" / "esker-client" / "src"
@@ -25,8 +27,13 @@ TOKEN = "s3cr3t-token-value"
 ACTIONS = ["publish", "list", "show", "invoke", "alias", "share", "logs", "delete"]
 
 
+def _etag(p):
+    return '"%s"' % hashlib.md5(p.read_bytes()).hexdigest()
+
+
 class DirS3:
-    """The part of boto3's S3 client FunctionStore uses, over a directory (the Ceph tier tests the real one)."""
+    """The part of boto3's S3 client FunctionStore uses, over a directory (the Ceph tier tests the real one).
+    If-Match takes the quoted ETag only (RFC 7232), where Ceph RGW takes the bare one: both forms are tested."""
 
     class exceptions:
         class NoSuchKey(Exception):
@@ -38,16 +45,24 @@ class DirS3:
     def _p(self, bucket, key):
         return self.root / bucket / key
 
-    def put_object(self, Bucket, Key, Body, **kw):
+    def put_object(self, Bucket, Key, Body, IfMatch=None, IfNoneMatch=None, **kw):
         p = self._p(Bucket, Key)
+        if (IfNoneMatch == "*" and p.exists()) or (IfMatch and (not p.exists() or _etag(p) != IfMatch)):
+            raise ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(Body)
+
+    def head_object(self, Bucket, Key):
+        p = self._p(Bucket, Key)
+        if not p.is_file():
+            raise self.exceptions.NoSuchKey(Key)
+        return {"ETag": _etag(p)}
 
     def get_object(self, Bucket, Key):
         p = self._p(Bucket, Key)
         if not p.is_file():
             raise self.exceptions.NoSuchKey(Key)
-        return {"Body": io.BytesIO(p.read_bytes())}
+        return {"Body": io.BytesIO(p.read_bytes()), "ETag": _etag(p)}
 
     def delete_objects(self, Bucket, Delete):
         for o in Delete["Objects"]:
@@ -343,3 +358,49 @@ def test_store_refuses_bad_names_and_vids(store):
         store.get_aliases("../bob")
     with pytest.raises(ValueError, match="version id"):
         store.get_code("predict", "../../x")
+
+
+def test_alias_updates_retry_when_another_writer_got_in_between(store):
+    other = FunctionStore(store.s3, store.bucket)  # a second publish, in another terminal
+    rounds = []
+
+    def latest_to_b(al):
+        rounds.append(dict(al))
+        if len(rounds) == 1:  # between our read and our write, the other one moves 1.0
+            other.update_aliases("predict", lambda a: {**a, "1.0": "a" * 16})
+        return {**al, "latest": "b" * 16}
+
+    before, after = store.update_aliases("predict", latest_to_b)
+    # the first write was refused, re-read, re-done (a third round: the first bare If-Match, refused here)
+    assert rounds[0] == {} and rounds[1:] == [{"1.0": "a" * 16}] * 2
+    assert store.get_aliases("predict") == after == {"1.0": "a" * 16, "latest": "b" * 16}
+
+    def always_raced(al):  # someone writing without end: a clear error, not a lost update
+        rounds.append(al)
+        other.update_aliases("predict", lambda a: {**a, "n": str(len(rounds))})
+        return al
+
+    from esker_client.functions.store import AliasConflict
+    with pytest.raises(AliasConflict, match="changed 8 times"):
+        store.update_aliases("predict", always_raced)
+
+
+def test_a_refused_publish_takes_back_its_own_aliases_only(tmp_path, svc, env, store, capsys):
+    mod = tmp_path / "m.py"
+    mod.write_text(MODULE)
+    svc.answers[("POST", "/services/esker-functions/api/functions/predict")] = (
+        403, {"error": {"type": "Forbidden", "message": "no"}})
+    real = store.update_aliases
+    calls = []
+
+    def update(name, change):  # after our aliases land, a concurrent publish pins 2.0.0 to its version
+        out = real(name, change)
+        if not calls:
+            real(name, lambda al: {**al, "2.0.0": "c" * 16})
+        calls.append(out)
+        return out
+
+    store.update_aliases = update
+    rc, out, err = fn(["publish", str(mod), "--profile", "gpu", "--version", "1.0.0"], env, store, capsys)
+    assert rc == 1 and len(calls) == 2
+    assert store.get_aliases("predict") == {"2.0.0": "c" * 16}  # ours (latest, 1.0.0, 1.0, 1) gone, theirs kept

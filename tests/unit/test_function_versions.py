@@ -104,3 +104,12 @@ def test_aliases_to_and_in_use():
     assert V.aliases_to(a, "v3") == []
     e = V.VersionInUse("v1", V.aliases_to(a, "v1"))
     assert "1.0.0" in str(e) and "v1" in str(e)
+
+
+def test_undo_takes_back_one_change_and_leaves_later_moves():
+    from esker_client.functions.versions import undo
+    before = {"latest": "a", "1.0.0": "a"}
+    after = {"latest": "b", "1.0.0": "a", "1.1.0": "b", "1.1": "b"}
+    assert undo(after, before, after) == before
+    moved = {**after, "latest": "c", "1.1": "c"}  # someone published c meanwhile
+    assert undo(moved, before, after) == {"latest": "c", "1.0.0": "a", "1.1": "c"}

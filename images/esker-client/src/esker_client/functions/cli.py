@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from . import http
 from .versions import (VersionError, aliases_after_publish, aliases_to, check_name, move_alias, parse_semver,
-                       resolve, version_id)
+                       resolve, undo, version_id)
 
 TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean", "list": "array",
          "dict": "object", "None": "null"}
@@ -143,28 +143,27 @@ def cmd_publish(c: Ctx) -> int:
         raise CliError(f"--concurrency {concurrency}: must be an integer >= 1")
     m = build_manifest(snap, name, profile, parse_options(a.option), a.version, packages(), timeout, concurrency)
     store = c.store
-    old = store.get_aliases(name)
-    aliases = aliases_after_publish(old, m["vid"], a.version)  # refuses a conflicting pin before any write
+    aliases_after_publish(store.get_aliases(name), m["vid"], a.version)  # a conflicting pin: before any write
     existing = store.get_manifest(name, m["vid"])
     if existing is None:
         store.put_version(name, m, snap.code)
     else:
         m = {**existing, "semver": existing.get("semver") or a.version}
-    store.set_aliases(name, aliases)
+    old, new = store.update_aliases(name, lambda al: aliases_after_publish(al, m["vid"], a.version))
     try:
         _, _, reply = c.api("POST", f"api/functions/{name}", m)
-    except http.ServiceError:
-        store.set_aliases(name, old)  # the service refused (e.g. the profile): the aliases stay as they were
+    except http.ServiceError:  # the service refused (e.g. the profile): take back this publish's aliases only
+        store.update_aliases(name, lambda al: undo(al, old, new))
         raise
     hub = c.hub()
     url = (reply or {}).get("url") if isinstance(reply, dict) else None
     url = url or call_url(hub, c.owner(), name)
     if a.json:
-        c.print(json.dumps({"name": name, "vid": m["vid"], "url": url, "aliases": aliases_to(aliases, m["vid"])}))
+        c.print(json.dumps({"name": name, "vid": m["vid"], "url": url, "aliases": aliases_to(new, m["vid"])}))
         return 0
     c.print(f"published {name} version {m['vid']}" + (f" ({a.version})" if a.version else "")
             + (" (unchanged: same code and environment)" if existing else ""))
-    c.print(f"  aliases: {', '.join(aliases_to(aliases, m['vid']))}")
+    c.print(f"  aliases: {', '.join(aliases_to(new, m['vid']))}")
     c.print(f"  url:     {url}")
     c.print(f"  call:    curl -X POST -H \"Authorization: token $JUPYTERHUB_API_TOKEN\" "
             f"-H 'Content-Type: application/json' -d '{{}}' {url}")
@@ -265,11 +264,12 @@ def cmd_invoke(c: Ctx) -> int:
 def cmd_alias(c: Ctx) -> int:
     a = c.args
     name = check_name(a.name)
-    al = c.store.get_aliases(name)
     vids = [m["vid"] for m in c.store.list_versions(name)]
-    target = resolve(al, vids, a.target)
-    new = move_alias(al, a.alias, target)
-    c.store.set_aliases(name, new)
+    al, new = c.store.update_aliases(name, lambda al: move_alias(al, a.alias, resolve(al, vids, a.target)))
+    target = new[a.alias]
+    if c.store.get_manifest(name, target) is None:  # deleted while we moved the alias onto it
+        c.store.update_aliases(name, lambda cur: undo(cur, al, new))
+        raise CliError(f"{name}: version {target} was deleted meanwhile; {a.alias} is unchanged")
     c.print(f"{name}: {a.alias} -> {target}" + (f" (was {al[a.alias]})" if a.alias in al else ""))
     return 0
 

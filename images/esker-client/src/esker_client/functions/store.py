@@ -11,11 +11,16 @@ policy esker.objectstore sets); nothing here makes an object public.
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-from .versions import VID_RE, VersionInUse, aliases_to, check_name
+from .versions import VID_RE, VersionError, VersionInUse, aliases_to, check_name
 
 ROOT = ".esker/functions/"
+TRIES = 8  # read-modify-write rounds of aliases.json before giving up
+
+
+class AliasConflict(VersionError):
+    """aliases.json kept changing under us: another publish or alias move is running without end."""
 
 
 def _prefix(name: str) -> str:
@@ -44,6 +49,12 @@ class FunctionStore:
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except self.s3.exceptions.NoSuchKey:
+            return None
+
+    def _etag(self, key: str) -> Optional[str]:
+        try:
+            return self.s3.head_object(Bucket=self.bucket, Key=key)["ETag"].strip('"')
+        except Exception:
             return None
 
     def _put(self, key: str, body: bytes, content_type: str) -> None:
@@ -95,15 +106,49 @@ class FunctionStore:
         return json.loads(raw) if raw is not None else {}
 
     def set_aliases(self, name: str, aliases: Dict[str, str]) -> None:
+        """Overwrite aliases.json unconditionally (a restore); changes go through update_aliases."""
         self._put(f"{_prefix(name)}aliases.json", json.dumps(aliases, indent=2, sort_keys=True).encode(),
                   "application/json")
 
+    def update_aliases(self, name: str, change: Callable[[Dict[str, str]], Dict[str, str]]
+                       ) -> Tuple[Dict[str, str], Dict[str, str]]:
+        """Read-modify-write of aliases.json with the object's ETag as the write's precondition (If-Match, or
+        If-None-Match: * while there is none), so two publishes or alias moves at once never lose one
+        another's aliases: the loser reads again and re-applies ``change`` (which may raise to refuse).
+        Returns (before, after)."""
+        key = f"{_prefix(name)}aliases.json"
+        quoted = False  # Ceph RGW matches If-Match against the bare ETag; RFC 7232 (and so maybe others) quoted
+        for _ in range(TRIES):
+            try:
+                obj = self.s3.get_object(Bucket=self.bucket, Key=key)
+                etag = obj["ETag"].strip('"')
+                before, cond = json.loads(obj["Body"].read()), {"IfMatch": f'"{etag}"' if quoted else etag}
+            except self.s3.exceptions.NoSuchKey:
+                before, etag, cond = {}, None, {"IfNoneMatch": "*"}
+            after = change(dict(before))
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=key, ContentType="application/json",
+                                   Body=json.dumps(after, indent=2, sort_keys=True).encode(), **cond)
+                return before, after
+            except Exception as e:  # botocore's ClientError, without importing botocore here
+                code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+                if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    raise
+                if etag and not quoted and self._etag(key) == etag:  # refused, yet unchanged: the other form
+                    quoted = True
+        raise AliasConflict(f"{name}: aliases.json changed {TRIES} times while being updated; try again")
+
     # deletion
     def delete_version(self, name: str, vid: str) -> None:
-        """Delete one version; VersionInUse (naming the aliases) while an alias points to it."""
-        used = aliases_to(self.get_aliases(name), _vid(vid))
-        if used:
-            raise VersionInUse(vid, used)
+        """Delete one version; VersionInUse (naming the aliases) while an alias points to it. The check is an
+        update of aliases.json (unchanged), so an alias moved onto ``vid`` meanwhile makes it check again."""
+        def unused(al: Dict[str, str]) -> Dict[str, str]:
+            used = aliases_to(al, _vid(vid))
+            if used:
+                raise VersionInUse(vid, used)
+            return al
+
+        self.update_aliases(name, unused)
         self._delete(list(self._keys(f"{_prefix(name)}versions/{vid}/")))
 
     def delete_function(self, name: str) -> None:

@@ -142,3 +142,16 @@ def move_alias(aliases: Mapping[str, str], alias: str, target_vid: str) -> Dict[
     out = dict(aliases)
     out[alias] = target_vid
     return out
+
+
+def undo(aliases: Mapping[str, str], before: Mapping[str, str], after: Mapping[str, str]) -> Dict[str, str]:
+    """Take back one change (``before`` -> ``after``) from ``aliases``, leaving alone every alias that someone
+    else has moved since: a refused publish must not undo a concurrent one's aliases. A new dict."""
+    out = dict(aliases)
+    for alias, vid in after.items():
+        if before.get(alias) != vid and out.get(alias) == vid:
+            if alias in before:
+                out[alias] = before[alias]
+            else:
+                del out[alias]
+    return out
