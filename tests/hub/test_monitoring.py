@@ -257,6 +257,7 @@ def every_metric_name() -> set[str]:
         "calls": 3, "errors": 1, "in_flight": 0, "latency_buckets": {"0.1": 2, "+Inf": 3}, "latency_sum": 0.4}}}},
         {"alice/add": [1, 2.5]}))
     reg.register(metrics.FunctionsCollector(lambda: snap))
+    reg.register(metrics.PrestartCollector(lambda: os.path.join(os.path.dirname(snap), "no-courses.sqlite")))
     return metrics.metric_names(REGISTRY) | metrics.metric_names(reg)
 
 
@@ -281,7 +282,8 @@ def test_dashboard_is_valid_and_names_only_existing_metrics():
                    "esker_spark_applications", "esker_reservations", "esker_seats_in_use", "jupyterhub_total_users",
                    "esker_function_calls_total", "esker_function_latency_seconds_bucket",
                    "esker_function_errors_total", "esker_function_in_flight", "esker_function_cold_starts_total",
-                   "esker_function_cold_start_seconds_total"):
+                   "esker_function_cold_start_seconds_total", "esker_prestart_servers", "esker_prestart_over_seats",
+                   "esker_prestart_total"):
         assert wanted in used, f"the dashboard does not show {wanted}"
 
 
