@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping, Sequence
 
 from esker.courses.model import Course, parse_when
@@ -147,11 +147,20 @@ def peak_promised(existing: Iterable[Reservation], start: datetime, end: datetim
     return out
 
 
+def held(r: Reservation, courses: Mapping[str, Course] | None) -> Reservation:
+    """``r`` over the time it holds capacity: from its course's pre-start (``prestart_lead`` s before the
+    window, when the participants' servers are started) to its end."""
+    course = (courses or {}).get(r.course)
+    lead = getattr(course, "prestart_lead", 0) or 0
+    return replace(r, start=r.start - timedelta(seconds=lead)) if lead > 0 else r
+
+
 def admit(new: Reservation, existing: Sequence[Reservation], capacity: Resources, catalog,
           courses: Mapping[str, Course] | None = None, groups: Iterable[str] | None = None,
           now: datetime | None = None) -> Decision:
     """Accept ``new`` only if it is well formed, names known things, and fits beside every overlapping
-    promise at every moment of its window."""
+    promise at every moment it holds capacity: its window and, before it, its course's pre-start lead (the
+    same for the others: their pre-started servers take capacity before their windows open)."""
     now = now or datetime.now(timezone.utc)
     if new.seats < 1:
         return Decision(False, "seats must be at least 1", 400)
@@ -183,9 +192,12 @@ def admit(new: Reservation, existing: Sequence[Reservation], capacity: Resources
     if alone:
         return Decision(False, f"{new.seats} seats of {new.profile} can never fit on this hub: "
                         + "; ".join(alone), 409, tuple(alone))
-    for a, b, promised in peak_promised([r for r in existing if r.id != new.id], new.start, new.end, catalog):
+    mine, theirs = held(new, courses), [r for r in existing if r.id != new.id]
+    others = [held(r, courses) for r in theirs]
+    leads = " and their pre-starts" if mine != new or others != theirs else ""
+    for a, b, promised in peak_promised(others, mine.start, mine.end, catalog):
         short = (capacity - promised).short_of(need)
         if short:
             return Decision(False, f"{new.seats} seats of {new.profile} do not fit {_span(a, b)}: "
-                            + "; ".join(short) + " (other reservations hold the rest)", 409, tuple(short))
+                            + "; ".join(short) + f" (other reservations{leads} hold the rest)", 409, tuple(short))
     return Decision(True, "fits", 201)

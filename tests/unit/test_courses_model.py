@@ -4,6 +4,7 @@ admission control, the seat check, pre-warm manifests, RBAC roles and the traitl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -292,9 +293,24 @@ def test_admit_fits_and_refuses_with_what_is_short():
     d = decide(res("stats", "spark", seats=30, start=T0 + timedelta(hours=1)), existing)
     assert not d.accepted and d.status == 409
     # spark: 2 CPU x 30 = 60 CPU; 76 - 30 = 46 free 10:00-12:00
-    assert "needs 60 CPU, 46 free" in d.reason and hhmm(T0 + timedelta(hours=1)) in d.reason, d.reason
-    # after the first window it fits
-    assert decide(res("stats", "spark", seats=30, start=T0 + timedelta(hours=3)), existing).accepted
+    assert "needs 60 CPU, 46 free" in d.reason and hhmm(T0 + timedelta(minutes=50)) in d.reason, d.reason  # its lead
+    # after the first window and the second's pre-start lead (stats: 600 s) it fits
+    assert decide(res("stats", "spark", seats=30, start=T0 + timedelta(hours=3, minutes=10)), existing).accepted
+
+
+def test_admit_counts_the_pre_start_lead_before_each_window():
+    existing = [res(seats=30, id="r1")]  # intro-ml 9:00-12:00
+    # stats starting at 12:00 pre-starts its 30 spark servers at 11:50, while intro-ml's 30 still run
+    d = decide(res("stats", "spark", seats=30, start=T0 + timedelta(hours=3)), existing)
+    assert not d and d.status == 409 and "pre-starts" in d.reason and hhmm(T0 + timedelta(hours=2, minutes=50)) \
+        in d.reason, d.reason
+    # the other way round: a window ending at 9:05 collides with intro-ml's pre-start from 8:50
+    d = decide(res("stats", "spark", seats=30, start=T0 - timedelta(minutes=55), hours=1), existing)
+    assert not d and "pre-starts" in d.reason, d.reason
+    # a course without pre-start (prestart_lead 0) holds only its window: back to back fits
+    no_lead = {**COURSES, "stats": dataclasses.replace(COURSES["stats"], prestart_lead=0)}
+    assert reservations.admit(res("stats", "spark", seats=30, start=T0 + timedelta(hours=3)), existing, CAP,
+                              catalog(), no_lead, None, now=T0 - timedelta(days=1))
 
 
 def hhmm(dt):
@@ -321,6 +337,11 @@ def test_admit_refusals():
 
 def test_admit_sweeps_over_partially_overlapping_windows():
     cap = reservations.Resources(cpu=40, memory=512 * GiB, gpus=0, scratch=4096 * GiB)
+    courses = {k: dataclasses.replace(c, prestart_lead=0) for k, c in COURSES.items()}  # windows alone
+
+    def decide(new, existing, cap):
+        return reservations.admit(new, existing, cap, catalog(), courses, None, now=T0 - timedelta(days=1))
+
     a = res(seats=20, id="a", hours=2)  # 9-11
     b = res("stats", seats=20, id="b", start=T0 + timedelta(hours=2), hours=2)  # 11-13
     # 10:00-12:00 never has more than 20 promised at once: 20 more fit
