@@ -1,15 +1,15 @@
-"""The seat check at spawn time: capacity promised to a course's participants during its window is kept
-for them. Pure given its inputs; the spawner base gathers them (reservations, courses, who is running).
+"""The seat check at spawn time: capacity promised to a course's participants during its window, and its
+pre-start lead before it (``reservations.held``), is kept for them. Pure given its inputs; the spawner base gathers them (reservations, courses, who is running).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping, Sequence
 
 from esker.core.catalog import UserInfo
 from esker.courses.model import Course
-from esker.courses.reservations import Reservation, Resources, hhmm, profile_resources
+from esker.courses.reservations import Reservation, Resources, held, hhmm, profile_resources
 
 
 class SeatRefused(RuntimeError):
@@ -18,8 +18,19 @@ class SeatRefused(RuntimeError):
     status = 503
 
 
-def active_promises(reservations: Iterable[Reservation], now: datetime) -> list[Reservation]:
-    return [r for r in reservations if r.active(now)]
+LEAD_MAX = 86400  # the schema's maximum of a course's prestart_lead (a test says so)
+
+
+def may_hold(reservations: Iterable[Reservation], now: datetime) -> bool:
+    """Whether any reservation might hold capacity at ``now`` whatever its course's lead: the cheap test
+    before the courses are read."""
+    return any(r.start - timedelta(seconds=LEAD_MAX) <= now < r.end for r in reservations)
+
+
+def active_promises(reservations: Iterable[Reservation], now: datetime,
+                    courses: Mapping[str, Course] | None = None) -> list[Reservation]:
+    """The reservations holding capacity at ``now``: in their window, or in their course's pre-start lead."""
+    return [r for r in reservations if held(r, courses).active(now)]
 
 
 def check_seat(user, selection, *, catalog, courses: Iterable[Course], reservations: Sequence[Reservation],
@@ -33,10 +44,10 @@ def check_seat(user, selection, *, catalog, courses: Iterable[Course], reservati
     takes seats from a workshop.
     """
     now = now or datetime.now(timezone.utc)
-    active = active_promises(reservations, now)
+    courses = {c.name: c for c in courses}
+    active = active_promises(reservations, now, courses)
     if not active:
         return
-    courses = {c.name: c for c in courses}
     running = {slug: (list(v) if not isinstance(v, int) else [None] * v)
                for slug, v in (running_by_profile or {}).items()}
 

@@ -38,7 +38,7 @@ from esker.core.plan import OptionError, Placement, Selection, select
 from esker.core.services import Service
 from esker.courses.model import Course
 from esker.courses.reservations import machine_capacity
-from esker.courses.seats import SeatRefused, active_promises, check_seat, running_from_db
+from esker.courses.seats import SeatRefused, check_seat, may_hold, running_from_db
 from esker.objectstore.errors import StorageError, StorageUnavailable
 from esker.runtime import Runtime, default_state_dir, get_runtime
 from esker.spawner import readiness
@@ -202,10 +202,11 @@ class EskerSpawner(Spawner):
         return sel
 
     def esker_check_seat(self, sel: Selection) -> None:
-        """Seats promised to a course in its window are kept for its participants (503 otherwise)."""
+        """Seats promised to a course in its window and its pre-start lead are kept for its participants (503
+        otherwise)."""
         store = os.path.join(self.state_dir, "courses.sqlite")
         booked = CourseStore(store).reservations() if os.path.exists(store) else []
-        if not active_promises(booked, datetime.now(timezone.utc)):
+        if not may_hold(booked, datetime.now(timezone.utc)):
             return  # nothing promised now: skip the course list, the capacity probe and the server query
         rt = self.runtime
         try:

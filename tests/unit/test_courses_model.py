@@ -390,6 +390,15 @@ def test_check_seat_keeps_the_seats_for_participants(tmp_path):
     # outside the window nothing is held back
     check(bob, {"minimal": ["a", "b", "c"]}, when=T0 + timedelta(hours=3))
     assert sel.profile.slug == "scikit-learn"
+    # in the pre-start lead (600 s) the seats are held already: pre-starts fit, walk-ins take the rest only
+    lead = T0 - timedelta(minutes=5)
+    check(alice, {"scikit-learn": parts, "minimal": ["x", "y", "z"]}, when=lead)
+    with pytest.raises(seats.SeatRefused):
+        check(bob, {"minimal": ["someone", "other"]}, when=lead)
+    check(bob, {"minimal": ["someone", "other"]}, when=T0 - timedelta(minutes=11))  # before the lead
+    assert seats.may_hold(booked, lead) and not seats.may_hold(booked, T0 - timedelta(days=1, minutes=1))
+    from esker.core.schema import COURSE
+    assert seats.LEAD_MAX == COURSE["properties"]["prestart_lead"]["maximum"]
 
 
 # ---------------------------------------------------------------------------------------- prewarm
