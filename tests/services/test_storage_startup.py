@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -53,18 +54,44 @@ def events_text(model) -> list[str]:
     return [e.get("message", "") for e in model["events"]]
 
 
+def hold_while_starting(ceph_dir: Path, held: dict, done: threading.Event) -> None:
+    """Pause (SIGSTOP) Ceph's service process as soon as it reports "starting": its daemons go on, but it cannot
+    declare itself ready, so the window in which a spawn finds Ceph starting exists on any machine (a fast one
+    had Ceph ready before the hub answered)."""
+    while not done.is_set():
+        rec = read_service_state(ceph_dir)
+        if rec and rec["state"] == "starting":
+            os.kill(int(rec["pid"]), signal.SIGSTOP)
+            held["pid"] = int(rec["pid"])
+            return
+        time.sleep(0.005)
+
+
 def test_a_spawn_in_the_first_second_after_the_hub_answers_gets_its_storage(fresh_hub):
     h = fresh_hub
-    h.start()
-    answered = time.monotonic()
     ceph_dir = Path(h.state_dir) / "ceph"
-    record = read_service_state(ceph_dir)
-    assert record and record["state"] in ("launching", "starting"), \
-        f"Ceph was ready before the hub answered, so this machine does not open the window tested here: {record}"
-    hub = h.hub
-    hub.ensure_user("early")
-    issued = time.monotonic() - answered
-    model = hub.spawn("early", {"profile": "minimal"})
+    held, done = {}, threading.Event()
+    holder = threading.Thread(target=hold_while_starting, args=(ceph_dir, held, done), daemon=True)
+    holder.start()
+    resume = None
+    try:
+        h.start()
+        answered = time.monotonic()
+        holder.join(60)
+        record = read_service_state(ceph_dir)
+        assert held and record and record["state"] == "starting", f"Ceph was never seen starting: {record}"
+        hub = h.hub
+        hub.ensure_user("early")
+        issued = time.monotonic() - answered
+        resume = threading.Timer(3.0, os.kill, (held["pid"], signal.SIGCONT))  # Ceph goes on while it waits
+        resume.start()
+        model = hub.spawn("early", {"profile": "minimal"})
+    finally:
+        done.set()
+        if resume is not None:
+            resume.cancel()
+        if held:
+            os.kill(held["pid"], signal.SIGCONT)
     assert issued < 1.0, f"the spawn was issued {issued:.1f} s after the hub answered"
     messages = events_text(model)
     waits = [m for m in messages if m.startswith("Waiting for object storage, ")]
