@@ -1,5 +1,6 @@
 """The seat check at spawn time: capacity promised to a course's participants during its window, and its
-pre-start lead before it (``reservations.held``), is kept for them. Pure given its inputs; the spawner base gathers them (reservations, courses, who is running).
+pre-start lead before it (``reservations.held``), is kept for them. Pure given its inputs; the spawner base
+gathers them (reservations, courses, who is running).
 """
 
 from __future__ import annotations

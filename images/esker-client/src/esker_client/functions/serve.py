@@ -16,7 +16,8 @@ Options (environment):
   ESKER_FUNCTION_MAX_BODY        largest request body in bytes (10 MiB); larger get 413
   ESKER_FUNCTION_ACTIVITY_EVERY  seconds between activity reports while busy (30; below the idle timeouts)
 Code lives in a 0700 directory under $SCRATCH_DIR (else $HOME/.cache); the call log and the task database,
-which outlive the server, are $HOME/.esker/functions/<name>.log and <name>.tasks.sqlite (0600). A startup problem exits with status 2 and one line on stderr."""
+which outlive the server, are $HOME/.esker/functions/<name>.log and <name>.tasks.sqlite (0600). A startup
+problem exits with status 2 and one line on stderr."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def settings(env=os.environ) -> dict:
     owner = env.get("JUPYTERHUB_USER", "")
     if not owner:
         raise StartupError("JUPYTERHUB_USER is not set (the function's owner)")
-    if _number(env, "ESKER_FUNCTION_ACTIVITY_EVERY", 30.0) == 0:
+    activity_every = _number(env, "ESKER_FUNCTION_ACTIVITY_EVERY", 30.0)
+    if activity_every == 0:
         raise StartupError("ESKER_FUNCTION_ACTIVITY_EVERY=0: must be a positive number of seconds")
     base = env.get("SCRATCH_DIR") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
     home = env.get("HOME") or os.path.expanduser("~")
@@ -77,7 +79,7 @@ def settings(env=os.environ) -> dict:
         "tasks_path": Path(home) / ".esker" / "functions" / f"{name}.tasks.sqlite",
         "activity_url": env.get("JUPYTERHUB_ACTIVITY_URL", ""),
         "api_token": env.get("JUPYTERHUB_API_TOKEN", ""),
-        "activity_every": _number(env, "ESKER_FUNCTION_ACTIVITY_EVERY", 30.0),
+        "activity_every": activity_every,
         "queue": _number(env, "ESKER_FUNCTION_QUEUE", 64, int),
         "ttl": _number(env, "ESKER_FUNCTION_RESULT_TTL", 3600.0),
         "max_body": _number(env, "ESKER_FUNCTION_MAX_BODY", 10 * 2**20, int),
