@@ -36,7 +36,7 @@ stop:  ## stop the embedded hub, its notebook servers and the proxy
 	$(VENV)/bin/esker stop --all
 
 test: install  ## the whole test suite: tests/{unit,kubernetes,hub,services,browser}
-	sh scripts/install-system.sh browser
+	sh scripts/install-system.sh browser broker
 	sh scripts/install-ceph.sh
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 

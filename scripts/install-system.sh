@@ -4,6 +4,8 @@
 #            (each server's scratch is a loop-mounted filesystem of its quota)
 #            s3fs + fuse3 (each server's bucket and datasets as files)
 #   browser: Chromium (the browser tests)
+#   broker:  Redis (the functions' task broker as the chart runs it, for the tests; its system service is
+#            not started: the tests start their own redis-server on loopback)
 # Idempotent; `apt-get update` runs at most once, and only when something must be installed.
 set -eu
 want="${*:-base}"
@@ -29,7 +31,10 @@ for part in $want; do
         browser)
             need chromium chromium
             ;;
-        *) echo "install-system: unknown part '$part' (base, browser)" >&2; exit 2 ;;
+        broker)
+            need redis-server redis-server
+            ;;
+        *) echo "install-system: unknown part '$part' (base, browser, broker)" >&2; exit 2 ;;
     esac
 done
 [ -z "$pkgs" ] && exit 0
@@ -39,4 +44,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "install-system: installing$pkgs"
 export DEBIAN_FRONTEND=noninteractive
+# No package's service starts during the install (redis-server's would listen on 6379): policy-rc.d 101 is
+# Debian's "not now" for invoke-rc.d. Only ours is removed afterwards.
+rcd=/usr/sbin/policy-rc.d
+if [ ! -e "$rcd" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$rcd" && chmod 755 "$rcd"
+    trap 'rm -f "$rcd"' EXIT
+fi
 apt-get install -y --no-install-recommends $pkgs || { apt-get update -q && apt-get install -y --no-install-recommends $pkgs; }

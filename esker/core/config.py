@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from esker import resources
+from esker.core import broker
 from esker.core.schema import SCHEMA
 from esker.units import parse_size
 
@@ -131,6 +132,9 @@ def _semantic_problems(cfg: dict, images_dir: Path) -> list[str]:
         )
     if cfg["auth"]["type"] == "oauth" and "oauth" not in cfg["auth"]:
         problems.append("auth.oauth: required when auth.type is oauth")
+    why = broker.check_url(cfg["functions"]["broker"]["url"])
+    if why:
+        problems.append(f"functions.broker.url: {why}")
     for check in domain_checks():
         problems += check(cfg)
     return problems

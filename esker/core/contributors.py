@@ -249,3 +249,13 @@ def course_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
     return env
 
 
+
+
+def broker_env(sel: "Selection", placement: "Placement", site: "Site") -> dict[str, str]:
+    """A function server's task broker (grant ``broker``, when functions.broker names one): its own ACL user
+    for this start and the only key prefix it may touch (esker.core.broker, esker_client.functions.tasks)."""
+    b = placement.grants.get("broker")
+    if not b:
+        return {}
+    return {"ESKER_FUNCTION_BROKER_URL": b["url"], "ESKER_FUNCTION_BROKER_USER": b["user"],
+            "ESKER_FUNCTION_BROKER_PASSWORD": b["password"], "ESKER_FUNCTION_BROKER_PREFIX": b["prefix"]}

@@ -40,6 +40,14 @@ def function_of(server: str) -> str | None:
     return server[len(SERVER_PREFIX):]
 
 
+def function_of_server(server: str) -> str | None:
+    """Like :func:`function_of`, but None (not an error) for a name that is no function's server."""
+    try:
+        return function_of(server)
+    except OptionError:
+        return None
+
+
 def split_options(server: str, user_options: Mapping[str, Any] | None) -> tuple[str | None, dict]:
     """``(function or None, the profile's user_options)`` for a start of ``server``: a fn-* server's options
     carry ``function`` (equal to the server's suffix), a default server's must not."""

@@ -480,5 +480,25 @@ SCHEMA["properties"]["functions"] = {
         "cull_every": {"type": "integer", "minimum": 10, "default": 60,
                        "description": "Seconds between the functions service's looks for idle functions and "
                        "pulls of their call counters (for the hub's metrics)."},
+        "broker": {
+            "type": "object", "default": {}, "additionalProperties": False,
+            "description": "Where async calls' tasks and results are kept. Without a url: a SQLite file in the "
+            "owner's home, no extra server (embedded mode's default). With a Redis url (the Helm chart's default, "
+            "its own Redis): the hub makes each start of a function server an ACL user of that Redis whose keys "
+            "are the function's alone, hands it the password (a Secret's secretKeyRef on Kubernetes) and deletes "
+            "the user at stop.",
+            "properties": {
+                "url": {"type": "string", "default": "",
+                        "description": "redis://HOST[:PORT][/DB] or rediss:// (TLS), without credentials; empty: "
+                        "SQLite."},
+                "admin_user": {"type": "string", "default": "esker-hub", "pattern": "^[A-Za-z0-9._-]+$",
+                               "description": "The Redis ACL user the hub manages function users with (it needs "
+                               "ACL, SCAN and UNLINK)."},
+                "password_env": {"type": "string", "default": "ESKER_FUNCTIONS_BROKER_PASSWORD",
+                                 "pattern": "^[A-Z_][A-Z0-9_]*$",
+                                 "description": "The hub's environment variable holding admin_user's password "
+                                 "(never in this file: the config is not a secret)."},
+            },
+        },
     },
 }

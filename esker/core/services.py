@@ -1,4 +1,5 @@
-"""The one small interface every service (Spark, object storage, scratch, GPUs, courses) has towards a spawn.
+"""The one small interface every service (Spark, object storage, scratch, GPUs, courses, the functions' task
+broker) has towards a spawn.
 
 - ``env``: what it adds to the server's environment, a pure contributor of the plan
   (:mod:`esker.core.contributors`), the same in both modes;
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from esker.core.contributors import (
     Contributor,
+    broker_env,
     course_env,
     gpu_env,
     mounts_env,
@@ -37,6 +39,7 @@ SERVICE_ENV: dict[str, Contributor] = {
     "mounts": mounts_env,
     "spark": spark_env,
     "courses": course_env,
+    "broker": broker_env,
 }
 ENVIRONMENT: tuple[Contributor, ...] = (profile_env, *SERVICE_ENV.values())
 

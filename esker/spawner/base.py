@@ -33,12 +33,13 @@ from traitlets import Unicode, default
 from esker import metrics, resources
 from esker.core.catalog import Catalog, UserInfo
 from esker.core.config import EskerConfig
-from esker.core.functions import FUNCTION_SERVER, split_options  # noqa: F401 (FUNCTION_SERVER: for backends)
+from esker.core.functions import FUNCTION_SERVER, function_of_server, split_options  # noqa: F401 (FUNCTION_SERVER: for backends)
 from esker.core.plan import OptionError, Placement, Selection, select
 from esker.core.services import Service
 from esker.courses.model import Course
 from esker.courses.reservations import machine_capacity
 from esker.courses.seats import SeatRefused, check_seat, may_hold, running_from_db
+from esker.functions.broker import BrokerError
 from esker.objectstore.errors import StorageError, StorageUnavailable
 from esker.runtime import Runtime, default_state_dir, get_runtime
 from esker.spawner import readiness
@@ -397,6 +398,17 @@ class EskerSpawner(Spawner):
             await super().stop(now=now)
         finally:
             await self.esker_release()
+
+    async def delete_forever(self):
+        """A function's named server removed for good (`esker fn delete`): its tasks leave the broker too."""
+        await super().delete_forever()
+        admin, function = self.runtime.broker, function_of_server(self.name)
+        if admin is not None and function is not None:
+            try:
+                n = await asyncio.to_thread(admin.forget, self.user.name, function)
+                self.log.info("%s: deleted %d task key(s) of function %s from the broker", self._log_name, n, function)
+            except BrokerError as e:  # they expire on their own (the result TTL)
+                self.log.warning("%s: %s", self._log_name, e)
 
     # -- state across hub restarts (a backend extends these with super()) -------------------------------
     def get_state(self):

@@ -106,7 +106,7 @@ def _k8s_escape(value: str) -> str:
 
 # The plan's variables that are secrets: on Kubernetes they live in the server's Secret (server_secret) and the
 # pod names them by secretKeyRef, never by value (a pod spec is readable by whoever may get pods).
-SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+SECRET_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ESKER_FUNCTION_BROKER_PASSWORD"})
 PRIVATE_FILE_ENV = "ESKER_PRIVATE_FILE_"  # + index: plan.files for the scratch init container
 
 

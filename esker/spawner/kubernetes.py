@@ -27,7 +27,7 @@ from esker.courses.model import Course, courses_for
 from esker.spark.cluster import new_credentials
 from esker.spawner import k8s_objects as ko
 from esker.spawner.base import EskerSpawner
-from esker.spawner.services import Courses, InPod, ObjectStorage
+from esker.spawner.services import Courses, FunctionBroker, InPod, ObjectStorage
 
 prepull_images = ko.prepull_images
 
@@ -271,7 +271,7 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
     # Prepared in this order, released in the reverse one (esker.spawner.services); the pod carries scratch
     # (a volume and its init container) and GPUs (the device plugin's resource). No bucket mounts: the image's
     # hadoop-aws reads s3a:// itself.
-    esker_services = (Courses(), InPod("gpus"), InPod("scratch"), KubeObjectStorage(), InPod("mounts"), KubeSpark())
+    esker_services = (FunctionBroker(), Courses(), InPod("gpus"), InPod("scratch"), KubeObjectStorage(), InPod("mounts"), KubeSpark())
     _esker_grants: Mapping = {}
 
     async def esker_prepare(self, sel: Selection) -> None:

@@ -21,7 +21,15 @@ from esker.spark import cluster as spark_cluster
 from esker.spark.cluster import java_home
 from esker.spawner.base import FUNCTION_SERVER, EskerSpawner
 from esker.spawner.embedded import account_name, developer_home, embedded_placement
-from esker.spawner.services import BucketMounts, Courses, LocalGpus, LocalScratch, ObjectStorage, OwnSpark
+from esker.spawner.services import (
+    BucketMounts,
+    Courses,
+    FunctionBroker,
+    LocalGpus,
+    LocalScratch,
+    ObjectStorage,
+    OwnSpark,
+)
 from esker.system import accounts, scratch
 from esker.system.ports import port_open
 from esker.system.cgroups import Group, Limiter
@@ -61,7 +69,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
 
     # Prepared in this order, released in the reverse one (esker.spawner.services): Spark's executors read the
     # bucket mounts, so they end first.
-    esker_services = (Courses(), LocalGpus(), LocalScratch(), ObjectStorage(), BucketMounts(), OwnSpark())
+    esker_services = (FunctionBroker(), Courses(), LocalGpus(), LocalScratch(), ObjectStorage(), BucketMounts(), OwnSpark())
     esker_ids: tuple = (None, None)  # the account's uid and gid; None in developer mode
 
     def gpu_capacity(self) -> int:

@@ -16,8 +16,10 @@ from dataclasses import replace
 from tornado import web
 
 from esker import metrics
+from esker.core.functions import function_of_server
 from esker.core.plan import Placement, Selection, with_grants
 from esker.courses.content import course_grant
+from esker.functions.broker import BrokerError
 from esker.objectstore import mounts as s3mounts
 from esker.spark import cluster as spark_cluster
 from esker.spark.cluster import new_credentials
@@ -138,6 +140,32 @@ class Courses:
 
     async def release(self, sp) -> None:
         sp.esker_course_list = None  # the content stays in the home: it is the user's work
+
+
+class FunctionBroker:
+    """A function server's own user of the functions' task broker (functions.broker; esker.core.broker): made
+    for this start with a fresh password, deleted at stop (Redis then closes its connections). Its tasks' keys
+    stay until they expire, so a result outlives a cull; deleting the function deletes them
+    (EskerSpawner.delete_forever). Nothing for notebook servers, nor without a broker."""
+
+    name = "broker"
+
+    async def prepare(self, sp, sel: Selection, placement: Placement) -> Placement:
+        admin = sp.runtime.broker
+        if sel.function is None or admin is None:
+            return placement
+        try:
+            grant = await asyncio.to_thread(admin.grant, sp.user.name, sel.function)
+        except BrokerError as e:
+            raise web.HTTPError(503, f"The function {sel.function} cannot start: {e}. Try again shortly.") from None
+        sp.esker_event(8, "Task broker user ready")
+        return with_grants(placement, broker=grant)
+
+    async def release(self, sp) -> None:
+        # From the server's name, not from what this process granted: after a hub restart it is the same user.
+        admin, function = sp.runtime.broker, function_of_server(sp.name)
+        if admin is not None and function is not None:
+            await asyncio.to_thread(admin.revoke, sp.user.name, function)
 
 
 class InPod:

@@ -22,7 +22,7 @@ LAYERS: list[tuple[int, str, list[str]]] = [
                               "esker.objectstore.rgwadmin", "esker.objectstore.s3client",
                               "esker.objectstore.ceph", "esker.objectstore.cephbootstrap",
                               "esker.objectstore.cephprocs", "esker.objectstore.mounts", "esker.spark", "esker.spark.cluster", "esker.courses.acls",
-                              "esker.hubapi"]),
+                              "esker.hubapi", "esker.functions.broker"]),
     (3, "services and backends", ["esker.objectstore", "esker.objectstore.service", "esker.courses",
                                   "esker.courses.content", "esker.courses.roles", "esker.courses.seats",
                                   "esker.courses.jobs", "esker.courses.context", "esker.courses.hubsync",

@@ -26,7 +26,7 @@ from .auth import Auth, Caller, Denied
 from .source import VID, NotFound, SourceError, Versions
 from .versions import UnknownVersion, resolve
 from .stats import VersionStats
-from .tasks import FINISHED, RESTARTED, Tasks
+from .tasks import FINISHED, RESTARTED, SqliteTasks, Tasks, TaskStoreError
 from .workers import CallError, Handle, Pool
 
 log = logging.getLogger("esker.functions")
@@ -52,7 +52,8 @@ class Function:
     """One function's versions, worker pools, counters and tasks."""
 
     def __init__(self, name: str, versions: Versions, cache_dir: Path, *, concurrency_default=4,
-                 timeout_default=60.0, queue_limit=64, result_ttl=3600.0, tasks_path: Optional[Path] = None):
+                 timeout_default=60.0, queue_limit=64, result_ttl=3600.0, tasks_path: Optional[Path] = None,
+                 tasks: Optional[Tasks] = None):
         self.name, self.versions = name, versions
         self.cache_dir = private_dir(cache_dir)
         self.concurrency_default, self.timeout_default = concurrency_default, timeout_default
@@ -65,9 +66,10 @@ class Function:
         self.pools: dict[str, Pool] = {}
         self.stats: dict[str, VersionStats] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        if tasks_path is not None:
+        if tasks is None and tasks_path is not None:
             private_dir(tasks_path.parent)
-        self.tasks = Tasks(str(tasks_path or self.cache_dir / "tasks.sqlite"), result_ttl)
+        # the broker's (serve.prepare, when the hub names one) or the SQLite file's
+        self.tasks = tasks or SqliteTasks(str(tasks_path or self.cache_dir / "tasks.sqlite"), result_ttl)
         self.running: dict[str, tuple[Handle, asyncio.Task]] = {}
         self.closing = False
 
@@ -223,6 +225,10 @@ def build_app(fn: Function, auth: Auth, prefix: str, calllog: CallLog, max_body:
                     calllog.write(caller.key, "", route, e.status, (time.monotonic() - t0) * 1000)
                     return error(e.status, e.error["type"], e.error["message"],
                                  **{k: v for k, v in e.error.items() if k not in ("type", "message")})
+                except TaskStoreError as e:  # the broker restarting: the caller may try again shortly
+                    log.warning("%s: %s", route, e)
+                    calllog.write(caller.key, "", route, 503, (time.monotonic() - t0) * 1000)
+                    return error(503, "BrokerUnavailable", f"{e}; try again shortly", headers={"Retry-After": "5"})
                 except Exception:  # a bug of ours: logged here, the caller gets no traceback
                     log.exception("%s %s failed", request.method, route)
                     return error(500, "ServerError", f"the function server failed on {route}; see its log")
@@ -260,26 +266,36 @@ def build_app(fn: Function, auth: Auth, prefix: str, calllog: CallLog, max_body:
     async def call(request, caller, t0):
         return await run_call(request, caller, t0, request.path_params.get("ref"))
 
+    async def record(tid: str, status: str, **outcome):
+        """Store a task's outcome; a broker that is briefly away (a restart) gets retries for about 30 s."""
+        last = None
+        for delay in (0, 0.5, 1, 2, 4, 8, 15):
+            await asyncio.sleep(delay)
+            try:
+                return fn.tasks.finish(tid, status, **outcome)
+            except TaskStoreError as e:
+                last = e
+        log.error("task %s: its outcome (%s) could not be stored: %s", tid, status, last)
+
     async def run_task(tid: str, who: str, vid: str, pool: Pool, args: dict, handle: Handle):
         st = fn.stats[vid]
         t0 = time.monotonic()
         status = 200
+        cancelled = {"type": "Cancelled", "message": "cancelled by a DELETE"}
         try:
             st.in_flight += 1
             result = await pool.call(args, handle, admitted=True)
-            fn.tasks.finish(tid, "done", result=result)
+            outcome = ("done", {"result": result})
         except CallError as e:
             status = e.status
-            if handle.cancelled:
-                fn.tasks.finish(tid, "cancelled", error={"type": "Cancelled", "message": "cancelled by a DELETE"})
-            else:
-                fn.tasks.finish(tid, "failed", error={**e.error, "status": e.status})
+            outcome = ("cancelled", {"error": cancelled}) if handle.cancelled else \
+                ("failed", {"error": {**e.error, "status": e.status}})
         except asyncio.CancelledError:
             status = 499
-            if fn.closing:  # the server is stopping: the same answer a restart gives an unfinished task
-                fn.tasks.finish(tid, "failed", error=RESTARTED)
-            else:
-                fn.tasks.finish(tid, "cancelled", error={"type": "Cancelled", "message": "cancelled by a DELETE"})
+            # the server is stopping: the same answer a restart gives an unfinished task
+            outcome = ("failed", {"error": RESTARTED}) if fn.closing else ("cancelled", {"error": cancelled})
+        try:
+            await record(tid, outcome[0], **outcome[1])
         finally:
             st.in_flight -= 1
             fn.running.pop(tid, None)
@@ -323,7 +339,7 @@ def build_app(fn: Function, auth: Auth, prefix: str, calllog: CallLog, max_body:
         if request.method == "GET":
             return JSONResponse(task_json(t))
         if t["status"] in FINISHED:  # DELETE of a finished task forgets it (and its result)
-            fn.tasks.db.execute("DELETE FROM tasks WHERE id=?", (tid,))
+            fn.tasks.delete(tid)
             return JSONResponse({**task_json(t), "deleted": True})
         handle, job = fn.running.get(tid, (None, None))
         if handle is not None:

@@ -15,9 +15,15 @@ Options (environment):
   ESKER_FUNCTION_RESULT_TTL      seconds an async task's result is kept (3600)
   ESKER_FUNCTION_MAX_BODY        largest request body in bytes (10 MiB); larger get 413
   ESKER_FUNCTION_ACTIVITY_EVERY  seconds between activity reports while busy (30; below the idle timeouts)
+Task broker (set by the hub when functions.broker names one, as on Kubernetes; else SQLite in the home):
+  ESKER_FUNCTION_BROKER_URL      redis://HOST:PORT[/DB] (rediss:// for TLS), without credentials
+  ESKER_FUNCTION_BROKER_USER, ESKER_FUNCTION_BROKER_PASSWORD
+                                 this function's own ACL user, made by the hub for this start
+  ESKER_FUNCTION_BROKER_PREFIX   the only keys that user may touch
 Code lives in a 0700 directory under $SCRATCH_DIR (else $HOME/.cache); the call log and the task database,
-which outlive the server, are $HOME/.esker/functions/<name>.log and <name>.tasks.sqlite (0600). A startup
-problem exits with status 2 and one line on stderr."""
+which outlive the server, are $HOME/.esker/functions/<name>.log and <name>.tasks.sqlite (0600) or the
+broker's keys. A startup problem (the broker refusing this user included) exits with status 2 and one line on
+stderr."""
 
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ import re
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
+
+from .tasks import broker_settings
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
@@ -68,6 +76,10 @@ def settings(env=os.environ) -> dict:
     activity_every = _number(env, "ESKER_FUNCTION_ACTIVITY_EVERY", 30.0)
     if activity_every == 0:
         raise StartupError("ESKER_FUNCTION_ACTIVITY_EVERY=0: must be a positive number of seconds")
+    try:
+        broker = broker_settings(env)
+    except ValueError as e:
+        raise StartupError(str(e)) from None
     base = env.get("SCRATCH_DIR") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
     home = env.get("HOME") or os.path.expanduser("~")
     return {
@@ -77,6 +89,7 @@ def settings(env=os.environ) -> dict:
         "log_path": Path(home) / ".esker" / "functions" / f"{name}.log",
         # tasks outlive the server (a cull, a restart): scratch is released at every stop, home is kept
         "tasks_path": Path(home) / ".esker" / "functions" / f"{name}.tasks.sqlite",
+        "broker": broker,
         "activity_url": env.get("JUPYTERHUB_ACTIVITY_URL", ""),
         "api_token": env.get("JUPYTERHUB_API_TOKEN", ""),
         "activity_every": activity_every,
@@ -90,9 +103,10 @@ def settings(env=os.environ) -> dict:
 def prepare(env=os.environ):
     """(settings, the Function, the Auth): reads aliases.json once, so a function with nothing published
     (or an unreadable bucket) fails here, before listening."""
-    from .app import Function
+    from .app import Function, private_dir
     from .auth import Auth
     from .source import SourceError, Versions, from_env
+    from .tasks import RedisTasks, SqliteTasks, TaskStoreError, connect
 
     s = settings(env)
     try:
@@ -105,8 +119,16 @@ def prepare(env=os.environ):
                            "(esker fn publish)")
     if "latest" not in aliases:
         raise StartupError(f"{versions.source.where}/{versions.base}/aliases.json has no 'latest'")
-    fn = Function(s["name"], versions, s["cache_dir"], queue_limit=s["queue"], result_ttl=s["ttl"],
-                  tasks_path=s["tasks_path"])
+    try:
+        if s["broker"]:
+            b = s["broker"]
+            tasks = RedisTasks(connect(b), b["prefix"], s["ttl"])
+        else:
+            private_dir(s["tasks_path"].parent)
+            tasks = SqliteTasks(str(s["tasks_path"]), s["ttl"])
+    except TaskStoreError as e:
+        raise StartupError(str(e)) from None
+    fn = Function(s["name"], versions, s["cache_dir"], queue_limit=s["queue"], result_ttl=s["ttl"], tasks=tasks)
     fn.aliases, fn.vids = aliases, vids
     return s, fn, Auth(s["owner"], s["server_name"], env)
 
