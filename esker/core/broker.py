@@ -17,8 +17,7 @@ PASSWORD_ENV = "ESKER_FUNCTIONS_BROKER_PASSWORD"  # the hub's variable with the 
 URL_RE = re.compile(r"^rediss?://[A-Za-z0-9.\-\[\]:]+(:[0-9]+)?(/[0-9]{1,2})?$")
 # What RedisTasks sends, and what redis-py sends when it connects; nothing else.
 COMMANDS = ("auth", "hello", "ping", "select", "quit", "reset",
-            "hset", "hget", "hgetall", "pexpire", "expire", "del", "sadd", "srem", "smembers", "multi", "exec",
-            "discard")
+            "hset", "hget", "hgetall", "pexpire", "expire", "del", "sadd", "srem", "smembers")
 
 
 def function_id(owner: str, name: str) -> str:

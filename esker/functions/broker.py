@@ -21,7 +21,7 @@ class BrokerAdmin:
         self.url = url
         self._redis = redis
         self.r = redis.Redis.from_url(url, username=user, password=password, socket_timeout=timeout,
-                                      socket_connect_timeout=timeout, lib_name=None, lib_version=None)
+                                      socket_connect_timeout=timeout)
 
     def _do(self, what: str, fn):
         try:

@@ -554,3 +554,23 @@ def test_a_spark_server_starts_its_own_cluster_with_keys_of_its_own(tmp_path, mo
     assert calls.count("delete_namespaced_secret") == 2
     # A fresh start of the same server gets new keys too.
     assert kube.own_cluster_grant()["secret"] != kube.own_cluster_grant()["secret"]
+
+
+def test_a_function_servers_broker_password_is_in_its_secret_not_in_the_pod(tmp_path):
+    config_file = write_config(tmp_path)
+    grant = {"broker": {"url": "redis://esker-functions-broker:6379/0", "user": "fn.0123", "password": "pw-" * 12,
+                        "prefix": "esker:fn:0123:"}}
+
+    async def run():
+        sp = cli_preview.make_spawner("alice", (), False, config_file, {"profile": "minimal"})
+        sp._esker_grants = MappingProxyType(grant)
+        return await sp.esker_manifests()
+
+    pod, *others = asyncio.run(run())
+    env = pod_env(pod)
+    assert env["ESKER_FUNCTION_BROKER_PASSWORD"] == {
+        "secretKeyRef": {"name": "jupyter-alice-env", "key": "ESKER_FUNCTION_BROKER_PASSWORD"}}
+    assert env["ESKER_FUNCTION_BROKER_USER"] == "fn.0123" and env["ESKER_FUNCTION_BROKER_PREFIX"] == "esker:fn:0123:"
+    assert "pw-pw-" not in yaml.safe_dump(pod)
+    (sec,) = [o for o in others if o["kind"] == "Secret"]
+    assert base64.b64decode(sec["data"]["ESKER_FUNCTION_BROKER_PASSWORD"]).decode() == "pw-" * 12

@@ -8,7 +8,9 @@ The server (serve.prepare) takes the broker when the hub named one (``ESKER_FUNC
 a task is visible to the caller who submitted it and to the owner; finished tasks are kept ``ttl`` seconds; a
 restart turns the tasks that were queued or running into failed ones (their worker is gone). Both are used
 from the server's one event-loop thread, the only writer of its function's tasks, so a read-then-write needs
-no transaction."""
+no transaction. (None is used on Redis: Redis 7.0 replays a MULTI/EXEC of its append-only file as a client
+held to the ACL and drops it, "NOPERM ACLs rules changed", so a restarted broker lost every such write; plain
+pipelines replay.)"""
 
 from __future__ import annotations
 
@@ -133,7 +135,7 @@ class RedisTasks:
     def create(self, caller: str, vid: str) -> str:
         tid = new_id()
         with self._errors():
-            p = self.r.pipeline(transaction=True)
+            p = self.r.pipeline(transaction=False)
             p.hset(self._key(tid), mapping={"caller": caller, "version": vid, "status": "queued",
                                             "created": repr(time.time())})
             p.expire(self._key(tid), UNFINISHED_KEEP)
@@ -159,7 +161,7 @@ class RedisTasks:
                 fields["result"] = json.dumps(result)
             if error:
                 fields["error"] = json.dumps(error)
-            p = self.r.pipeline(transaction=True)
+            p = self.r.pipeline(transaction=False)
             p.hset(key, mapping=fields)
             p.pexpire(key, max(1, int(self.ttl * 1000)))
             p.srem(self.prefix + "live", tid)
@@ -180,7 +182,7 @@ class RedisTasks:
 
     def delete(self, tid: str) -> None:
         with self._errors():
-            p = self.r.pipeline(transaction=True)
+            p = self.r.pipeline(transaction=False)
             p.delete(self._key(tid))
             p.srem(self.prefix + "live", tid)
             p.execute()
@@ -213,7 +215,7 @@ def connect(broker: dict, timeout: float = 5.0):
     import redis
     client = redis.Redis.from_url(broker["url"], username=broker["user"], password=broker["password"],
                                   socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30,
-                                  retry_on_timeout=True, lib_name=None, lib_version=None)
+                                  retry_on_timeout=True)
     try:
         client.ping()
     except (redis.RedisError, OSError) as e:
