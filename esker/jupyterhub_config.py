@@ -5,6 +5,7 @@ traitlets after it with `esker run -- --Class.trait=value` or a jupyterhub_confi
 """
 
 import asyncio
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ from esker.app import hubtuning
 from esker.app import deployment
 from esker import resources
 from esker.core import config as config_mod
+from esker.functions.broker import check_at_start as check_broker
 from esker.objectstore.ceph import write_service_state
 from esker.runtime import default_state_dir, get_runtime
 from esker.system.envs import build_all
@@ -38,6 +40,8 @@ if cfg["spark"]["enabled"] and not cfg["spark"]["master_url"]:
         # JupyterHub loads this file inside its event loop: build in a thread with a loop of its own.
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, build_all(runtime.builder, [spark_env])).result()
+
+check_broker(cfg["functions"], os.environ, logging.getLogger("esker"))  # functions.broker: its password, its answer
 
 d = deployment.deployment(cfg, state_dir, config_file)
 traits.apply(c, traits.supervised(traits.to_traitlets(cfg.data, d), d))  # services: esker.system.supervise

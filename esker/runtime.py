@@ -14,7 +14,7 @@ from esker import resources
 from esker.core import config as config_mod
 from esker.core.catalog import Catalog
 from esker.core.plan import Site, SparkSite
-from esker.functions.broker import BrokerAdmin, BrokerError, admin_from_config
+from esker.functions.broker import BrokerAdmin, admin_from_config
 from esker.objectstore.service import StorageService
 from esker.state.ledger import Ledger
 from esker.system.envs import EnvironmentBuilder
@@ -108,15 +108,7 @@ def _runtime(config_file: str, state_dir: str, mode: str, _version: int) -> Runt
             storage = StorageService.from_config(cfg, state_dir, mode=mode)
         except Exception as e:  # a broken storage set-up must not take the hub down
             log.error("object storage disabled: %s", e)
-    try:
-        broker = admin_from_config(cfg["functions"], os.environ)
-    except BrokerError as e:  # a url without its password: the hub does not start half-configured
-        raise RuntimeError(str(e)) from None
-    if broker is not None:
-        try:
-            broker.ping()
-        except BrokerError as e:  # the chart's Redis may still be starting: function starts say so until then
-            log.warning("%s; function servers will not start until it answers", e)
+    broker = admin_from_config(cfg["functions"], os.environ)  # connects at first use (the hub checks it at start)
     return Runtime(
         config=cfg,
         state_dir=state_dir,

@@ -7,6 +7,7 @@ here can equally be set in a jupyterhub_config.py by people who prefer that.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -15,6 +16,7 @@ from esker import resources
 from esker.app.deployment import Deployment, run_dir
 from esker.core import config as config_mod
 from esker.courses.roles import SERVICE_NAME, course_groups, course_roles, courses_service
+from esker.functions.broker import check_at_start as check_broker
 from esker.functions.roles import SERVICE_NAME as FUNCTIONS_SERVICE
 from esker.functions.roles import PUBLISH_SCOPE, functions_service, named_server_gate, publisher_traits
 from esker.objectstore.ceph import service_commands as ceph_services
@@ -257,6 +259,7 @@ def apply_kubernetes(c, environ: Mapping | None = None) -> None:
     state_dir = env.get("ESKER_STATE_DIR") or "/srv/jupyterhub/esker"  # z2jh's hub volume
     os.makedirs(state_dir, exist_ok=True)
     cfg = config_mod.load(config_file)  # a broken file (a content.path course, say) stops the hub here
+    check_broker(cfg.data["functions"], env, logging.getLogger("esker"))  # the chart's Redis: password, answer
     auth_type = cfg.data["auth"]["type"]
     user_password, admin_password = env.get("ESKER_USER_PASSWORD", ""), env.get("ESKER_ADMIN_PASSWORD", "")
     if auth_type == "shared-password" and not user_password:

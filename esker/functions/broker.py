@@ -15,15 +15,17 @@ class BrokerError(Exception):
 
 
 class BrokerAdmin:
-    def __init__(self, url: str, user: str, password: str, timeout: float = 5.0):
+    def __init__(self, url: str, user: str, password: str, timeout: float = 5.0, missing: str = ""):
         import redis  # the hub's dependency; imported here so a hub without a broker never loads it
 
-        self.url = url
+        self.url, self.missing = url, missing
         self._redis = redis
         self.r = redis.Redis.from_url(url, username=user, password=password, socket_timeout=timeout,
                                       socket_connect_timeout=timeout)
 
     def _do(self, what: str, fn):
+        if self.missing:
+            raise BrokerError(self.missing)
         try:
             return fn()
         except (self._redis.RedisError, OSError) as e:
@@ -78,14 +80,30 @@ class BrokerAdmin:
 
 
 def admin_from_config(functions: dict, environ) -> Optional[BrokerAdmin]:
-    """The admin client of ``functions.broker`` (None when no URL is set). BrokerError when the password's
-    variable is not set, naming it and the field."""
+    """The admin client of ``functions.broker`` (None when no URL is set); it connects at first use. Without
+    the password's variable every use fails naming it (the hub's start checks that first: check_at_start)."""
     b = functions.get("broker") or {}
     if not b.get("url"):
         return None
     var = b.get("password_env") or names.PASSWORD_ENV
     password = environ.get(var, "")
-    if not password:
-        raise BrokerError(f"functions.broker.url is set but the hub's environment has no {var} "
-                          "(functions.broker.password_env): the broker's admin password")
-    return BrokerAdmin(b["url"], b.get("admin_user") or names.ADMIN_USER, password)
+    missing = "" if password else (f"functions.broker.url is set but the hub's environment has no {var} "
+                                   "(functions.broker.password_env): the broker's admin password")
+    return BrokerAdmin(b["url"], b.get("admin_user") or names.ADMIN_USER, password, missing=missing)
+
+
+def check_at_start(functions: dict, environ, log) -> None:
+    """At the hub's start: RuntimeError when the password is missing (the hub does not start half-configured);
+    a warning when the broker does not answer yet (the chart's Redis may be starting: function starts say so
+    until it does)."""
+    admin = admin_from_config(functions, environ)
+    if admin is None:
+        return
+    if admin.missing:
+        raise RuntimeError(admin.missing)
+    try:
+        admin.ping()
+    except BrokerError as e:
+        log.warning("%s; function servers will not start until it answers", e)
+    finally:
+        admin.close()

@@ -29,6 +29,7 @@ from esker.units import parse_size, spark_size
 LABEL_PREFIX = "esker.io"
 SERVER_LABEL = f"{LABEL_PREFIX}/server"  # the notebook pod's name: unique per server, a valid label value
 USER_LABEL = f"{LABEL_PREFIX}/user"
+FUNCTION_LABEL = f"{LABEL_PREFIX}/function"  # a function's server: the chart lets these reach the task broker
 SCRATCH_VOLUME = "esker-scratch"
 
 # Spark on Kubernetes: the API server as seen from inside the cluster, and the fixed ports the driver (the
@@ -94,6 +95,11 @@ class Names:
 def server_labels(names: Names) -> dict[str, str]:
     """Labels Esker adds to the notebook pod and to everything it creates for that server."""
     return {SERVER_LABEL: names.pod, USER_LABEL: names.user_slug}
+
+
+def function_labels(function: str | None) -> dict[str, str]:
+    """The function server's pod is labelled with its function (NetworkPolicy esker-functions-broker)."""
+    return {FUNCTION_LABEL: function} if function else {}
 
 
 # -- the container ------------------------------------------------------------------------------------

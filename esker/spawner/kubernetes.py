@@ -231,7 +231,7 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
         # course content is merged), then the courses.
         self.init_containers = _with(_with(_with(base["init_containers"], [scratch_init], ko.SCRATCH_VOLUME),
                                            spark_sidecars, "esker-spark"), course["init_containers"], "esker-course")
-        self.extra_labels = {**base["extra_labels"], **ko.server_labels(names)}
+        self.extra_labels = {**base["extra_labels"], **ko.server_labels(names), **ko.function_labels(sel.function)}
         if any(o["kind"] == "ServiceAccount" for o in ko.spark_objects(plan, cfg, names)):
             self.service_account = names.service_account
             self.automount_service_account_token = True

@@ -91,11 +91,13 @@ def test_every_rendered_object_is_valid(values):
             kubernetes_validate.validate(doc, version, strict=True)
     kinds = sorted(d["kind"] for d in docs)
     # No Spark workload of the chart's: in standalone mode each Spark server's pod has its own master and worker.
+    # The functions' task broker: its Secret, ConfigMap, Service, StatefulSet and three NetworkPolicies.
+    broker = ["ConfigMap", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Secret", "Service", "StatefulSet"]
     if values is OFFLINE:
-        assert kinds == ["NetworkPolicy", "PriorityClass", "Secret", "Secret"]
+        assert kinds == sorted(["NetworkPolicy", "PriorityClass", "Secret", "Secret", *broker])
     else:
-        assert kinds == ["ConfigMap", "NetworkPolicy", "NetworkPolicy", "PriorityClass", "Role", "RoleBinding",
-                         "Secret", "Secret", "ServiceMonitor"]
+        assert kinds == sorted(["ConfigMap", "NetworkPolicy", "NetworkPolicy", "PriorityClass", "Role", "RoleBinding",
+                                "Secret", "Secret", "ServiceMonitor", *broker])
 
 
 def test_seat_placeholder_priority_class_is_below_user_pods_and_named_as_the_service_expects():
@@ -182,11 +184,51 @@ def test_network_policies_keep_user_pods_apart(values):
     assert any(p.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"} for p in egress)
     if values is EVERYTHING:
         assert any(p.get("podSelector", {}).get("matchLabels") == {"app": "rook-ceph-rgw"} for p in egress)
-    others = [np for np in by(docs, "NetworkPolicy") if np["metadata"]["name"] != "esker-singleuser"]
+    others = [np for np in by(docs, "NetworkPolicy") if np["metadata"]["name"] != "esker-singleuser"
+              and not np["metadata"]["name"].startswith("esker-functions-broker")]  # the next test's
     assert [np["metadata"]["name"] for np in others] == (["esker-spark-executors"] if mode == "kubernetes" else [])
     for np in others:
         to_users = [r for r in np["spec"]["egress"] if any(_selects_singleuser(p) for p in r["to"])]
         assert [sorted(p["port"] for p in r["ports"]) for r in to_users] == [[ko.SPARK_DRIVER_PORT, ko.SPARK_BLOCK_MANAGER_PORT]]
+
+
+def _selects(selector, labels) -> bool:
+    """A label selector (matchLabels, matchExpressions with In and Exists) against a pod's labels."""
+    if not (selector.get("matchLabels") or {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions") or []:
+        if e["operator"] == "Exists" and e["key"] not in labels:
+            return False
+        if e["operator"] == "In" and labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+
+
+def test_only_the_hub_and_function_servers_reach_the_task_broker():
+    docs = render()
+    (pol,) = by(docs, "NetworkPolicy", "esker-functions-broker")
+    (sts,) = by(docs, "StatefulSet", "esker-functions-broker")
+    broker = sts["spec"]["template"]["metadata"]["labels"]
+    assert _selects(pol["spec"]["podSelector"], broker) and pol["spec"]["egress"] == []
+    (rule,) = pol["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    hub = {"app": "jupyterhub", "component": "hub"}
+    notebook = {"app": "jupyterhub", "component": "singleuser-server", ko.SERVER_LABEL: "jupyter-alice"}
+    function = {**notebook, **ko.function_labels("predict")}
+    assert [any(_selects(p["podSelector"], pod) for p in rule["from"]) for pod in (hub, notebook, function)] == [
+        True, False, True]
+    # egress: the function servers' policy selects them alone; the hub's, the hub
+    (fn_out,) = by(docs, "NetworkPolicy", "esker-functions-broker-functions")
+    assert [_selects(fn_out["spec"]["podSelector"], pod) for pod in (hub, notebook, function)] == [False, False, True]
+    (hub_out,) = by(docs, "NetworkPolicy", "esker-functions-broker-hub")
+    assert _selects(hub_out["spec"]["podSelector"], hub) and not _selects(hub_out["spec"]["podSelector"], notebook)
+    # the hub's config names it, the hub gets its admin password by secretKeyRef, the pod runs no shell as root
+    assert rendered_config(docs)["functions"]["broker"]["url"] == "redis://esker-functions-broker:6379/0"
+    assert sts["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    (seed,) = sts["spec"]["template"]["spec"]["initContainers"]
+    assert seed["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "esker-functions-broker", "key": "admin-password"}
+    off = render(merge(OFFLINE, {"esker": {"functionsBroker": {"enabled": False}}}))
+    assert not by(off, "StatefulSet") and rendered_config(off).get("functions", {}).get("broker", {}).get("url", "") == ""
 
 
 def _admitted_ports(docs, pod):
@@ -194,7 +236,7 @@ def _admitted_ports(docs, pod):
     labels = pod["metadata"]["labels"]
     ports = set()
     for np in by(docs, "NetworkPolicy"):
-        if not np["spec"]["podSelector"]["matchLabels"].items() <= labels.items():
+        if not _selects(np["spec"]["podSelector"], labels):
             continue
         for rule in np["spec"].get("ingress") or []:
             if "ports" not in rule:
@@ -218,7 +260,7 @@ def test_a_servers_own_spark_is_reached_by_no_service_and_no_policy(tmp_path):
     sidecars = [c for c in pod["spec"]["initContainers"] if c.get("restartPolicy") == "Always"]
     assert [c["name"] for c in sidecars] == ["spark-master", "spark-worker"]
     assert [o["kind"] for o in objects] == ["Secret"]  # no Service of the server's
-    assert not [d for d in docs if d["kind"] == "Service"]  # nor of the chart's
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == ["esker-functions-broker"]  # nor of the chart's
     assert _admitted_ports(docs, pod) == set()  # not 7077, 8080, 8081 (master, UIs), 7078-7079, 4040 (driver)
     for c in sidecars:
         assert "ports" not in c and c["command"][c["command"].index("--host") + 1] == "127.0.0.1"

@@ -188,3 +188,53 @@ def test_the_function_server_keeps_async_tasks_in_the_broker(broker, tmp_path):
     s2 = Server(tmp_path, FakeHub(), f"dir:{root}", **env)
     with pytest.raises(RuntimeError, match="task broker"):
         s2.start()
+
+
+def test_the_charts_redis_config_and_acl_seed_run_on_a_real_redis(tmp_path):
+    """templates/functions-broker.yaml's redis.conf and seed-acl.sh, run here (paths and port moved to the test's):
+    the seeded admin manages users, ACL SAVE keeps them, and a re-seed (a pod restart) keeps them too."""
+    from tests.kubernetes.test_chart import by, render
+
+    (cm,) = by(render(), "ConfigMap", "esker-functions-broker")
+    port, data = free_port(), tmp_path / "data"
+    data.mkdir()
+    conf = cm["data"]["redis.conf"].replace("/data", str(data)).replace("port 6379", f"port {port}\nbind 127.0.0.1")
+    (tmp_path / "redis.conf").write_text(conf)
+    seed = tmp_path / "seed-acl.sh"
+    seed.write_text(cm["data"]["seed-acl.sh"].replace("/data", str(data)))
+
+    def run_seed():
+        subprocess.run(["sh", str(seed)], env={"ESKER_ADMIN_PASSWORD": ADMIN_PW, "PATH": "/usr/bin:/bin"}, check=True)
+
+    def start():
+        p = subprocess.Popen(["redis-server", str(tmp_path / "redis.conf")], stdout=open(tmp_path / "log", "ab"),
+                             stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=port, username="esker-hub", password=ADMIN_PW).ping()
+                return p
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and p.poll() is None, (tmp_path / "log").read_text()
+                time.sleep(0.05)
+
+    run_seed()
+    assert oct((data / "users.acl").stat().st_mode & 0o777) == "0o600"
+    p = start()
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=port).ping()  # default is off: no anonymous client
+        g = BrokerAdmin(url, "esker-hub", ADMIN_PW).grant("alice", "predict")
+        tid = RedisTasks(connect(g), g["prefix"], 60).create("user:alice", "v" * 16)
+    finally:
+        p.terminate()
+        p.wait(20)
+    run_seed()  # the pod's next start
+    p = start()
+    try:
+        assert RedisTasks(connect(g), g["prefix"], 60).get(tid)["status"] == "failed"  # restarted: in flight failed
+        assert (data / "users.acl").read_text().count("user esker-hub ") == 1
+    finally:
+        p.terminate()
+        p.wait(20)

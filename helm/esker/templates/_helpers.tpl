@@ -15,6 +15,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- $_ := set $cfg "kubernetes" $k8s -}}
 {{- $hub := merge (dict "mode" "kubernetes") (deepCopy ($cfg.hub | default dict)) -}}
 {{- $_ := set $cfg "hub" $hub -}}
+{{- /* The chart's task broker (templates/functions-broker.yaml) unless functions.broker.url names another. */ -}}
+{{- if .Values.esker.functionsBroker.enabled -}}
+{{- $fn := deepCopy ($cfg.functions | default dict) -}}
+{{- $broker := merge (deepCopy ($fn.broker | default dict)) (dict "url" "redis://esker-functions-broker:6379/0") -}}
+{{- $_ := set $fn "broker" $broker -}}
+{{- $_ := set $cfg "functions" $fn -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end }}
 
