@@ -44,3 +44,17 @@ def test_a_broker_url_with_credentials_or_another_scheme_fails_naming_the_field(
     for bad in ("redis://:secret@host:6379", "redis://user:pw@host", "http://host:6379", "redis://"):
         with pytest.raises(ConfigError, match=r"functions\.broker\.url"):
             _config(bad)
+
+
+def test_a_hub_with_a_broker_url_but_no_password_does_not_start():
+    import logging
+
+    from esker.functions.broker import BrokerError, admin_from_config, check_at_start
+
+    functions = {"broker": {"url": "redis://127.0.0.1:1/0", "password_env": "ESKER_TEST_NO_SUCH_VAR"}}
+    with pytest.raises(RuntimeError, match="ESKER_TEST_NO_SUCH_VAR"):
+        check_at_start(functions, {}, logging.getLogger("test"))
+    with pytest.raises(BrokerError, match="functions.broker.password_env"):
+        admin_from_config(functions, {}).grant("alice", "f")  # a spawn says the same
+    assert admin_from_config({"broker": {"url": ""}}, {}) is None
+    check_at_start({"broker": {}}, {}, logging.getLogger("test"))  # no broker: nothing to check
