@@ -49,6 +49,7 @@ bench: install  ## benchmarks, side by side; results in bench/results/
 	$(PY) bench/storage_from_server.py
 	$(PY) bench/data_in_place.py
 	$(PY) bench/environments.py
+	$(PY) bench/task_store.py
 	$(PY) bench/scale.py
 
 docs: install  ## regenerate docs/configuration.md from the schema and the traitlets help
