@@ -8,6 +8,7 @@ contributor turns the grant into variables, so what a server sees never depends 
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -50,6 +51,8 @@ def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
     }
     if own.get("ui_port"):
         conf["spark.ui.port"] = own["ui_port"]
+    if own.get("master") and site.mode == "embedded":
+        conf.update(executor_archive_conf(placement.python))
     if not own:
         # A cluster shared with others (an external master): the share is the client's default. A server's
         # own cluster needs none: its worker offers only the user's cores.
@@ -67,6 +70,24 @@ def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
     conf.update(viewfs_conf(placement.grants.get("mounts")))
     conf.update(s.extra_conf)
     return conf
+
+
+# An environment's class archive for its executors (esker.spark.archive builds it with the environment), and the
+# empty folder their class path must start with for Java to map it: relative to the environment's root.
+SPARK_EXECUTOR_ARCHIVE = "share/esker/spark/executor.jsa"
+SPARK_EXECUTOR_CONF = "share/esker/spark/executor-conf"
+
+
+def executor_archive_conf(python: str) -> dict[str, str]:
+    """The settings that make a server's own executors map their environment's class archive (a faster start,
+    docs/embedded.md). ``defaultJavaOptions`` is the administrator's half of the executor's options: a user's own
+    ``spark.executor.extraJavaOptions`` adds to it. The executor's ``SPARK_CONF_DIR`` only heads its class path
+    (it reads no file there). A missing or stale archive is ignored by Java."""
+    env = posixpath.dirname(posixpath.dirname(python))
+    return {
+        "spark.executor.defaultJavaOptions": f"-XX:SharedArchiveFile={env}/{SPARK_EXECUTOR_ARCHIVE}",
+        "spark.executorEnv.SPARK_CONF_DIR": f"{env}/{SPARK_EXECUTOR_CONF}",
+    }
 
 
 def viewfs_conf(mounts: "Mapping[str, str] | None") -> dict[str, str]:

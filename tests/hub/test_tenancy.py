@@ -277,6 +277,21 @@ print("BOB" + json.dumps(out))
 """
 
 
+def executor_archives(uid: int) -> list[str]:
+    """The class archives (``*.jsa`` beyond the JDK's own) that a uid's Spark executors have mapped."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if not d.name.isdigit() or d.stat().st_uid != uid or \
+                    b"CoarseGrainedExecutorBackend" not in (d / "cmdline").read_bytes():
+                continue
+            maps = (d / "maps").read_text().splitlines()
+        except OSError:
+            continue
+        found |= {m.split()[-1] for m in maps if m.endswith(".jsa") and "/lib/server/" not in m}
+    return sorted(found)
+
+
 def listening_ports(uid: int) -> list[int]:
     """TCP ports a uid listens on (root's view of /proc/net/tcp)."""
     ports = set()
@@ -325,6 +340,13 @@ print("BUCKET", os.environ["ESKER_BUCKET"], os.environ["HOME"])
                 from esker.spark.cluster import running_daemons
                 mine = [d for d in running_daemons() if d["uid"] == alice_uid]
                 master = next(d for d in mine if d["role"] == "master")
+                # Her executor maps its environment's class archive (esker.spark.archive; Java maps it only
+                # once it has checked it against the executor's class path), which is root's and read-only.
+                archives = executor_archives(alice_uid)
+                assert archives and all(a.endswith("/share/esker/spark/executor.jsa") for a in archives), archives
+                for a in archives:
+                    st = os.stat(a)
+                    assert st.st_uid == 0 and st.st_mode & 0o022 == 0, (a, oct(st.st_mode))
                 worker = next(d for d in mine if d["role"] == "worker")
                 urls = {"master_ui": f"http://127.0.0.1:{master['webui_port']}/json/",
                         "worker_ui": f"http://127.0.0.1:{worker['webui_port']}/",
@@ -369,7 +391,7 @@ print("BUCKET", os.environ["ESKER_BUCKET"], os.environ["HOME"])
             assert a["readable"] == [], (side, a["readable"][:20])
             assert a["writable"] == [], (side, a["writable"])
             assert a["http"]["master_ui"] == a["http"]["worker_ui"] == a["http"]["executor_log"] == 403, (side, a)
-            assert all(v != 200 for v in a["http"].values()), (side, a["http"])
+            assert not [k for k, v in a["http"].items() if v == 200], (side, a["http"])
             assert a["http"]["rest_6066"] == "URLError", (side, a["http"])  # no REST submission server
             assert a["s3_list"] == a["s3_get"] == a["s3_put"] == "AccessDenied", (side, a)
         assert r["max_parallel_tasks"] <= h.cfg["spark"]["cores_per_user"], r  # cores.max=64 changed nothing

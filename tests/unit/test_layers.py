@@ -21,7 +21,7 @@ LAYERS: list[tuple[int, str, list[str]]] = [
     (2, "state and clients", ["esker.state", "esker.state.*", "esker.system", "esker.system.*",
                               "esker.objectstore.rgwadmin", "esker.objectstore.s3client",
                               "esker.objectstore.ceph", "esker.objectstore.cephbootstrap",
-                              "esker.objectstore.cephprocs", "esker.objectstore.mounts", "esker.spark", "esker.spark.cluster", "esker.courses.acls",
+                              "esker.objectstore.cephprocs", "esker.objectstore.mounts", "esker.spark", "esker.spark.cluster", "esker.spark.archive", "esker.courses.acls",
                               "esker.hubapi", "esker.functions.broker"]),
     (3, "services and backends", ["esker.objectstore", "esker.objectstore.service", "esker.courses",
                                   "esker.courses.content", "esker.courses.roles", "esker.courses.seats",

@@ -282,3 +282,10 @@ def test_own_spark_cluster_grant_goes_to_the_private_file_only():
     # Without a grant (an external master) the client default share stays.
     shared = build_plan(sel, Placement(scratch_dir="/s", python="/env/bin/python"), SITE)
     assert "spark.cores.max=2" in shared.env["PYSPARK_SUBMIT_ARGS"]
+    # The own cluster's executors map the environment's class archive (esker.spark.archive); no other cluster's.
+    args = shlex.split(plan.env["PYSPARK_SUBMIT_ARGS"])
+    assert "spark.executor.defaultJavaOptions=-XX:SharedArchiveFile=/env/share/esker/spark/executor.jsa" in args
+    assert "spark.executorEnv.SPARK_CONF_DIR=/env/share/esker/spark/executor-conf" in args
+    assert "SharedArchiveFile" not in shared.env["PYSPARK_SUBMIT_ARGS"]
+    k8s = build_plan(sel, placement, Site(mode="kubernetes", spark=SITE.spark))
+    assert "SharedArchiveFile" not in k8s.env["PYSPARK_SUBMIT_ARGS"]
