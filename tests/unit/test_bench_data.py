@@ -26,3 +26,11 @@ def test_summary_gives_median_and_range_per_side_and_a_plot(tmp_path):
     assert round(local["median_mb_s"]) == round(10**9 / 2.2 / 1e6) and listing["median_mb_s"] is None
     bench.plot(s, tmp_path / "x.png")
     assert (tmp_path / "x.png").stat().st_size > 1000
+
+
+def test_the_cold_round_is_the_first_read_and_not_in_the_medians():
+    rows = [{"bench": "spark_parquet", "side": "mount", "round": r, "seconds": t, "bytes": 10**9, "check": 1}
+            for r, t in ((-1, 9.0), (0, 2.0), (1, 3.0), (2, 2.5))]
+    [mount] = bench.summarize(rows)
+    assert mount["first_s"] == 9.0 and mount["n"] == 3
+    assert (mount["median_s"], mount["min_s"], mount["max_s"]) == (2.5, 2.0, 3.0)
