@@ -51,7 +51,7 @@ def spark_conf(sel: "Selection", placement: "Placement", site: "Site") -> dict[s
     }
     if own.get("ui_port"):
         conf["spark.ui.port"] = own["ui_port"]
-    if own.get("master") and site.mode == "embedded":
+    if own.get("master") and site.mode == "embedded" and posixpath.isabs(placement.python):
         conf.update(executor_archive_conf(placement.python))
     if not own:
         # A cluster shared with others (an external master): the share is the client's default. A server's

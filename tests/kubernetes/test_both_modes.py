@@ -29,11 +29,13 @@ from esker.spawner.embedded import account_name, embedded_placement, embedded_si
 
 HUB_OWNED = re.compile(r"^(JUPYTERHUB_|JPY_|JUPYTER_IMAGE|CPU_|MEM_)")
 # Variables that name a place; checked against each mode's placement instead of against each other.
-PLACED = {"SCRATCH_DIR", "TMPDIR", "ESKER_COURSE_DIR", "SPARK_MASTER", "PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR"}
+PLACED = {"SCRATCH_DIR", "TMPDIR", "ESKER_COURSE_DIR", "SPARK_MASTER", "PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR",
+          "PYSPARK_PYTHON"}  # the environment's python on one machine, the image's on Kubernetes
 # Spark settings that say how this mode reaches its cluster (all else must agree). The driver's web UI is on in
 # both modes with a server's own cluster (behind its UI filter, on loopback, at the grant's port).
+# The executors' class archive is the embedded environment's (esker.spark.archive): the images build none.
 SPARK_PLACED = re.compile(r"^spark\.(driver\.(host|bindAddress|port|blockManager\.port)|local\.dir|kubernetes\..*"
-                          r"|master)$")
+                          r"|master|pyspark\.python|executor\.defaultJavaOptions|executorEnv\.SPARK_CONF_DIR)$")
 STORAGE = {"endpoint": "http://rgw.example:80", "access_key": "AKALICE", "secret_key": "s3cr3t/+x",
            "bucket": "esker-alice", "region": "us-east-1", "datasets": "weather=s3://esker-data/weather/"}
 STATE_DIR = "/var/lib/esker"
@@ -83,7 +85,8 @@ def spark_conf(args: str) -> dict[str, str]:
 def embedded_env(cfg, sel, grants):
     account = account_name(cfg, sel.user.name)
     home = f"{cfg['users']['home_root']}/{account}"
-    placement = embedded_placement(sel, cfg, STATE_DIR, account=account, home=home)
+    placement = embedded_placement(sel, cfg, STATE_DIR, account=account, home=home,
+                                   python=f"{STATE_DIR}/envs/{sel.environment}-0123456789ab/bin/python")
     plan = build_plan(sel, with_grants(placement, **grants), embedded_site(cfg.data))
     return placement, dict(plan.env), dict(plan.files)
 
@@ -148,6 +151,11 @@ def test_every_profile_and_choice_gives_the_same_environment_in_both_modes(confi
             e, k = spark_conf(emb["PYSPARK_SUBMIT_ARGS"]), spark_conf(k8s["PYSPARK_SUBMIT_ARGS"])
             assert e["spark.master"] == emb["SPARK_MASTER"] and k["spark.master"] == k8s["SPARK_MASTER"]
             assert e["spark.local.dir"].startswith(placement.scratch_dir)
+            assert emb["PYSPARK_PYTHON"] == e["spark.pyspark.python"] == placement.python
+            assert k8s["PYSPARK_PYTHON"] == k["spark.pyspark.python"]
+            env_dir = placement.python.rsplit("/bin/", 1)[0]
+            assert e["spark.executor.defaultJavaOptions"] == f"-XX:SharedArchiveFile={env_dir}/share/esker/spark/executor.jsa"
+            assert "spark.executor.defaultJavaOptions" not in k and "spark.executorEnv.SPARK_CONF_DIR" not in k
             assert {a: b for a, b in e.items() if not SPARK_PLACED.match(a)} == \
                    {a: b for a, b in k.items() if not SPARK_PLACED.match(a)}, opts
             # The S3A keys are never on a command line (PYSPARK_SUBMIT_ARGS becomes spark-submit's argv): they
