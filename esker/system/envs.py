@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from esker.spark.archive import build_executor_archive
+from esker.spark.cluster import java_home, spark_home_of
 
 READY = ".esker-ready"
 RECIPE = b"6"  # bump when the way environments are built changes, so existing ones are rebuilt
@@ -225,7 +226,7 @@ class EnvironmentBuilder:
             write_user_site(env)
             write_server_config(env)
             spark_home = _spark_home(env)
-            if spark_home and (os.environ.get("JAVA_HOME") or shutil.which("java")):
+            if spark_home and java_home():
                 yield "Building the Spark executors' class archive (a faster first Spark result)"
                 try:
                     await asyncio.to_thread(build_executor_archive, env.path, env.python, spark_home)
@@ -241,8 +242,10 @@ class EnvironmentBuilder:
 
 
 def _spark_home(env: Environment) -> str | None:
-    found = sorted(env.path.glob("lib/python3*/site-packages/pyspark/jars"))
-    return str(found[0].parent) if found else None
+    try:
+        return spark_home_of(env.python)
+    except FileNotFoundError:  # not a Spark environment
+        return None
 
 
 def write_user_site(env: Environment) -> Path:
