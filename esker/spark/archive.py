@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from esker.core.contributors import SPARK_EXECUTOR_ARCHIVE, SPARK_EXECUTOR_CONF
+from esker.spark.cluster import java_home
 
 # Run with the environment's python: the job whose executor classes are archived, then a wait until the
 # executor has written the archive (the driver's stop only asks the worker to stop it).
@@ -65,15 +66,11 @@ while executor_alive() and time.monotonic() < deadline:
 '''
 
 
-def archive_of(env_path: str | Path) -> Path:
-    return Path(env_path) / SPARK_EXECUTOR_ARCHIVE
-
-
 def build_executor_archive(env_path: str | Path, python: str, spark_home: str, timeout: float = 300) -> Path:
     """Make ``<env>/share/esker/spark/executor.jsa`` (0644) and the empty executor conf folder (0755), both root's.
     Raises RuntimeError with the job's last lines when no archive came out."""
     env_path = Path(env_path)
-    target, conf = archive_of(env_path), env_path / SPARK_EXECUTOR_CONF
+    target, conf = env_path / SPARK_EXECUTOR_ARCHIVE, env_path / SPARK_EXECUTOR_CONF
     conf.mkdir(parents=True, exist_ok=True)
     for d in (conf, target.parent, target.parent.parent):
         os.chmod(d, 0o755)
@@ -83,8 +80,9 @@ def build_executor_archive(env_path: str | Path, python: str, spark_home: str, t
     with tempfile.TemporaryDirectory(prefix="esker-archive-") as tmp:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "TMPDIR": tmp, "SPARK_HOME": spark_home,
                "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": python, "SPARK_LOCAL_DIRS": tmp}
-        if os.environ.get("JAVA_HOME"):
-            env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+        jh = java_home()
+        if jh:
+            env["JAVA_HOME"] = jh
         try:
             done = subprocess.run([python, "-c", JOB, str(partial), str(conf)], cwd=tmp, env=env,
                                   capture_output=True, text=True, timeout=timeout)
