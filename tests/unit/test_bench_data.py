@@ -34,3 +34,12 @@ def test_the_cold_round_is_the_first_read_and_not_in_the_medians():
     [mount] = bench.summarize(rows)
     assert mount["first_s"] == 9.0 and mount["n"] == 3
     assert (mount["median_s"], mount["min_s"], mount["max_s"]) == (2.5, 2.0, 3.0)
+
+
+def test_the_least_resident_data_of_the_rounds_is_reported():
+    rows = [{"bench": "spark_parquet", "side": "mount", "round": r, "seconds": 2.0, "bytes": 10**9, "check": 1,
+             "resident_mb": m} for r, m in ((-1, 0.0), (0, 990.5), (1, 1009.8), (2, None))]
+    rows += [{"bench": "pandas_csv", "side": "mount", "round": 0, "seconds": 1.0, "bytes": 10**8, "check": 1}]
+    spark, pandas = bench.summarize(rows)
+    assert spark["least_resident_mb"] == 990.5  # the cold round's empty cache is not a warm round's
+    assert pandas["least_resident_mb"] is None

@@ -40,7 +40,7 @@ def test_the_command_has_no_secret_and_the_environment_nothing_of_the_hub():
     assert "SK" not in cmd and "secret" not in text.lower()
     opts = cmd[cmd.index("-o") + 1].split(",")
     assert {"allow_other", "default_permissions", "uid=1001", "gid=1002", "umask=077", "ro", "nodev",
-            "nosuid", "auto_cache"} <= set(opts)
+            "nosuid", "auto_cache", "multipart_size=10", "parallel_count=2"} <= set(opts)
     assert not any(o.startswith("use_cache") for o in opts)
     assert cmd[:4] == ["s3fs", m.source, m.path, "-f"]
     env = M.s3fs_env(m, "AK", "SK", "/state")
