@@ -105,11 +105,43 @@ def page_in(d):
 SIDES = (("local disk", args["local_parquet"], args["local_parquet"]),
          ("bucket (s3a:// on the mount)", args["s3a_parquet"], args["mount_parquet"]))
 
+def cpu_s(pids):
+    """CPU seconds (user + system) the processes have used so far."""
+    ticks = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+def spark_pids():
+    """This driver and its descendants (the JVM Spark runs in)."""
+    parent = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/stat") as f:
+                    parent[int(e)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    mine = {os.getpid()}
+    while True:
+        more = {p for p, pp in parent.items() if pp in mine} - mine
+        if not more:
+            return mine
+        mine |= more
+
 def timed(bench, rnd, side, path, d):
     res = resident_mb(d)  # untimed, just before the read
+    sp = spark_pids()
+    c0, g0 = cpu_s(sp), cpu_s(args["gateway_pids"])
     dt, check = spark_read(path)
     out.append({"bench": bench, "side": side, "round": rnd, "seconds": dt, "bytes": args["parquet_bytes"],
-                "check": round(sum(check), 3), "resident_mb": res})
+                "check": round(sum(check), 3), "resident_mb": res, "spark_cpu_s": round(cpu_s(sp) - c0, 2),
+                "gateway_cpu_s": round(cpu_s(args["gateway_pids"]) - g0, 2)})
 
 for _, path, _ in SIDES:  # JIT and session warm-up of both sides' paths, untimed
     spark_read(path)
@@ -263,10 +295,12 @@ def main(argv=None) -> int:
         pid = mounts.mount(m, cmd,
                            mounts.s3fs_env(m, grant["access_key"], grant["secret_key"], str(work)), str(work / "s3fs.log"))
         conf = viewfs_conf({"root": root, "buckets": bucket})
+        # What the bucket's path costs in CPU: s3fs, the gateway and the OSD (the monitor idles).
+        gateway = [pid] + [json.loads(f.read_text())["pid"] for f in (work / "ceph" / "run").glob("esker-*.pid")]
         job = {"step": "measure", "rounds": args.rounds, "conf": conf, "endpoint": grant["endpoint"],
                "ak": grant["access_key"], "sk": grant["secret_key"], "bucket": bucket, "csv_key": "data.csv",
                "local_parquet": str(local / "parquet"), "s3a_parquet": f"s3a://{bucket}/parquet",
-               "mount_csv": os.path.join(m.path, "data.csv"), "mount_parquet": os.path.join(m.path, "parquet"), "mount_many": os.path.join(m.path, "many"),
+               "mount_csv": os.path.join(m.path, "data.csv"), "mount_parquet": os.path.join(m.path, "parquet"), "gateway_pids": gateway, "mount_many": os.path.join(m.path, "many"),
                **sizes}
         r = subprocess.run([python, "-c", WORKER, json.dumps(job)], capture_output=True, text=True)
         if "RESULTS" not in r.stdout:
@@ -286,7 +320,8 @@ def main(argv=None) -> int:
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     with open(outdir / "rounds.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["bench", "side", "round", "seconds", "bytes", "check", "resident_mb"])
+        w = csv.DictWriter(f, fieldnames=["bench", "side", "round", "seconds", "bytes", "check", "resident_mb",
+                                           "spark_cpu_s", "gateway_cpu_s"])
         w.writeheader()
         w.writerows(rows)
     with open(outdir / "summary.csv", "w", newline="") as f:
@@ -314,6 +349,12 @@ def main(argv=None) -> int:
         print(f"{bench}: {by[(bench, 1)]['side']} runs at {ratio:.2f}x the speed of {by[(bench, 0)]['side']}"
               " (medians" + ("" if bench.endswith("resident") else f"; first read {cold:.2f}x") + ")"
               + (f", goal {goal}x: {'met' if ratio >= goal else 'missed'}" if goal else ""))
+    for r in rows:
+        if r["bench"] == "spark_parquet" and r["round"] == -1:
+            cpu = r["spark_cpu_s"] + r["gateway_cpu_s"]
+            print(f"cold read, {r['side']}: {r['seconds']:.2f} s; CPU: Spark {r['spark_cpu_s']:.2f} s, s3fs and the"
+                  f" gateway {r['gateway_cpu_s']:.2f} s; on {os.cpu_count()} cores at least"
+                  f" {cpu / os.cpu_count():.2f} s")
     print(f"CSV and PNG in {outdir}")
     return 0
 
