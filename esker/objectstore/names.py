@@ -116,12 +116,18 @@ WRITE_OBJECT_ACTIONS = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpl
 
 
 def bucket_policy(bucket: str, datasets: Iterable[Dataset], readers: Mapping[str, Iterable[str]],
-                  writers: Mapping[str, Iterable[str]]) -> dict | None:
+                  writers: Mapping[str, Iterable[str]], owner: str | None = None) -> dict | None:
     """The bucket policy for a dataset bucket (pure). `readers`/`writers`: dataset name -> RGW uids.
 
-    The owner (the hub's service user) needs no statement. None: nobody else has access (no policy).
+    `owner` (the hub's service user, whose keys serve the embedded dataset mounts) gets one statement: reading
+    every object. An object belongs to whoever uploaded it (S3's object ownership), so without it the owner
+    gets 403 for what instructors upload with their own keys, and a mount shows such files empty.
+    None: nobody has access beyond the owner's own objects (no policy).
     """
     statements: list[dict] = []
+    if owner:
+        statements.append({"Sid": "OwnerReads", "Effect": "Allow", "Principal": {"AWS": [user_arn(owner)]},
+                           "Action": READ_OBJECT_ACTIONS, "Resource": [f"arn:aws:s3:::{bucket}/*"]})
     all_readers: set[str] = set()
     uploaders: set[str] = set()
     for i, d in enumerate(sorted((d for d in datasets if d.bucket == bucket), key=lambda d: d.name)):

@@ -298,7 +298,7 @@ class StorageService:
                     writers.setdefault(n, []).append(ident.uid)
             s3 = self.s3(owner, deadline)
             for bucket in buckets:
-                policy = bucket_policy(bucket, self.datasets, readers, writers)
+                policy = bucket_policy(bucket, self.datasets, readers, writers, owner.uid)
                 try:
                     if policy is None:
                         s3.delete_bucket_policy(Bucket=bucket)

@@ -122,6 +122,11 @@ def test_bucket_policy():
     whole = bucket_policy("pub", DATASETS, {"public": ["u1"]}, {})
     assert all("Condition" not in s for s in whole["Statement"])
     assert bucket_policy("pub", DATASETS, {}, {}) is None
+    # The owner reads every object, also those others uploaded (theirs, by S3's object ownership).
+    owned = bucket_policy("pub", DATASETS, {}, {}, owner="esker--datasets")
+    assert owned["Statement"] == [{"Sid": "OwnerReads", "Effect": "Allow",
+                                   "Principal": {"AWS": ["arn:aws:iam:::user/esker--datasets"]},
+                                   "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::pub/*"]}]
 
 
 def test_key_store_encrypts_at_rest(tmp_path):
