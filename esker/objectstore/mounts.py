@@ -16,19 +16,29 @@ a file. The user's bucket is mounted with the user's keys. A dataset is mounted 
 to its prefix, read-only (EROFS at open, nothing uploaded) unless the user may write it: s3fs 1.90 lists the
 whole bucket when it mounts, which a reader of one prefix may not do. The hub mounts for each user exactly the
 datasets the bucket policy gives them (the same ``dataset_access``); their own keys still meet the policy for
-every S3 call they make. The builders are pure; :func:`mount` and
-:func:`unmount` are the only code that runs things.
+every S3 call they make.
+
+A dataset read-only for the user is mounted once per hub and owner key, in ``<state>/mounts/.shared/<id>``
+(root's, ``0700``: nobody traverses to it), and bind-mounted read-only into each reader's own folder. All of
+a workshop's participants then share one daemon and one page cache: the first to read a file brings it from
+the gateway, the others read memory. The files are root's and readable, and only the readers' own folders
+lead to them. The mount ends with its last reader. A writer (an instructor) gets a mount of their own,
+read-write.
+
+The builders are pure; the functions after "the code that runs things" are the only ones that run things.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
 from esker.system.procs import alive as _alive
@@ -89,11 +99,11 @@ def dataset_dirs(mounts: Iterable[Mount], grant: Mapping[str, str], root: str) -
     return {name: _folder(root, bucket, prefix) for name, bucket, prefix in _datasets(grant) if bucket in mounted}
 
 
-def s3fs_command(m: Mount, endpoint: str, uid: int, gid: int) -> list[str]:
+def s3fs_command(m: Mount, endpoint: str, uid: int, gid: int, umask: str = "077") -> list[str]:
     """s3fs in the foreground (its pid is the daemon's), no secret in it."""
     opts = [
         f"url={endpoint}", "use_path_request_style", "allow_other", "default_permissions",
-        f"uid={uid}", f"gid={gid}", "umask=077", "mp_umask=077",
+        f"uid={uid}", f"gid={gid}", f"umask={umask}", f"mp_umask={umask}",
         # A dead gateway surfaces as EIO within seconds, not a hang; the mount stays and works again later.
         "retries=2", "connect_timeout=5", "readwrite_timeout=30",
         "stat_cache_expire=10", "nodev", "nosuid",
@@ -110,6 +120,32 @@ def s3fs_command(m: Mount, endpoint: str, uid: int, gid: int) -> list[str]:
     if m.read_only:
         opts.append("ro")
     return [S3FS, m.source, m.path, "-f", "-o", ",".join(opts)]
+
+
+SHARED = ".shared"  # <state>/mounts/.shared/<id>: the read-only datasets' one mount each
+
+
+def shared_point(state_dir: str, m: Mount, access_key: str) -> str:
+    """Where a read-only dataset is mounted once for all its readers: one per dataset and owner key, so a
+    rotated key gets a new mount and the old one ends with its last reader."""
+    ident = hashlib.sha256("\0".join((m.bucket, m.prefix, access_key)).encode()).hexdigest()[:16]
+    return os.path.join(state_dir, "mounts", SHARED, ident)
+
+
+def shared_command(m: Mount, point: str, endpoint: str) -> tuple[Mount, list[str]]:
+    """The one s3fs of a read-only dataset: root's files, readable by whoever reaches them (only its readers
+    do, through a bind mount in their own folder), read-only."""
+    src = replace(m, path=point, read_only=True)
+    return src, s3fs_command(src, endpoint, 0, 0, umask="0222")
+
+
+def binds_in(mountinfo: str, path: str) -> list[str]:
+    """The other mount points of the filesystem mounted at ``path`` (its bind mounts), from the text of
+    /proc/self/mountinfo: the same device, another place."""
+    rows = [ln.split(" ") for ln in mountinfo.splitlines() if ln.count(" ") >= 5]
+    points = [(r[2], r[4].encode().decode("unicode_escape")) for r in rows]
+    dev = next((d for d, point in reversed(points) if point == path), None)  # the latest mount at path
+    return [point for d, point in points if d == dev and point != path] if dev else []
 
 
 def s3fs_env(m: Mount, access_key: str, secret_key: str, marker: str) -> dict[str, str]:
@@ -169,7 +205,7 @@ class MountError(Exception):
 def mount(m: Mount, cmd: list[str], env: dict[str, str], log_path: str, timeout: float = 15.0) -> int:
     """Start s3fs and wait until ``m.path`` is mounted; returns its pid. Raises MountError (s3fs stopped)."""
     if is_mounted(m.path):  # left by a hub that lost its pid: replace it, the keys may have changed
-        unmount(m.path, None)
+        _umount(m.path)  # this point only (a reader's bind of a shared dataset shares its device with others)
     os.makedirs(m.path, mode=0o755, exist_ok=True)
     os.chmod(m.path, 0o700)  # seen only while unmounted: root's, empty
     with open(log_path, "ab", buffering=0) as log:
@@ -187,7 +223,10 @@ def mount(m: Mount, cmd: list[str], env: dict[str, str], log_path: str, timeout:
 
 
 def unmount(path: str, pid: int | None, timeout: float = 10.0) -> None:
-    """Unmount (lazily if something still holds a file there) and end the daemon."""
+    """Unmount (lazily if something still holds a file there) and end the daemon. Bind mounts of it that are
+    left (a shared dataset's readers at ``esker stop --all``) go first: they would outlive it, disconnected."""
+    for b in binds_in(_mountinfo(), os.path.realpath(path)):
+        _umount(b)
     if is_mounted(path):
         r = subprocess.run(["fusermount3", "-u", path], capture_output=True)
         if r.returncode != 0:
@@ -198,6 +237,51 @@ def unmount(path: str, pid: int | None, timeout: float = 10.0) -> None:
             time.sleep(0.05)
         if _alive(pid):
             _kill(pid)
+
+
+# One hub's spawns attach and release shared datasets from worker threads: one at a time, so a reader
+# never binds a mount that the last reader's release is ending.
+_shared = threading.Lock()
+
+
+def attach_shared(m: Mount, src: Mount, cmd: list[str], env: dict[str, str], log_path: str) -> int:
+    """Bind the dataset's shared mount ``src`` at ``m.path``, read-only, mounting it first unless this hub's
+    s3fs already serves it. Returns that daemon's pid. Raises MountError."""
+    point = os.path.realpath(src.path)
+    with _shared:
+        pid = next((p for p, at in running(env[MARKER]) if os.path.realpath(at) == point and is_mounted(point)),
+                   None)
+        if pid is None:
+            top = os.path.dirname(src.path)
+            os.makedirs(top, mode=0o700, exist_ok=True)
+            os.chmod(top, 0o700)  # root's: the readers reach the files through their own folders only
+            pid = mount(src, cmd, env, log_path)
+        try:
+            if is_mounted(m.path):  # left by a hub that lost its state
+                _umount(m.path)
+            os.makedirs(m.path, mode=0o755, exist_ok=True)
+            os.chmod(m.path, 0o700)
+            for step in (["mount", "--bind", point, m.path], ["mount", "-o", "remount,bind,ro,nosuid,nodev", m.path]):
+                r = subprocess.run(step, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise MountError(f"{' '.join(step[:-2])} for {m.source} at {m.path}: "
+                                     f"{(r.stderr or r.stdout).strip()}")
+        except (MountError, OSError):
+            if is_mounted(m.path):
+                _umount(m.path)
+            if not binds_in(_mountinfo(), point):
+                unmount(point, pid)
+            raise
+        return pid
+
+
+def detach_shared(path: str, src: str, pid: int | None) -> None:
+    """End one reader's bind mount; the dataset's shared mount ends with its last reader."""
+    with _shared:
+        if is_mounted(path):
+            _umount(path)
+        if is_mounted(src) and not binds_in(_mountinfo(), os.path.realpath(src)):
+            unmount(src, pid)
 
 
 def detach(marker: str, path: str) -> list[str]:
@@ -227,6 +311,20 @@ def running(marker: str | None = None) -> list[tuple[int, str]]:
             continue
         found.append((int(entry), point.decode()))
     return found
+
+
+def _umount(path: str) -> None:
+    """One mount point gone: now if nothing holds a file there, else lazily (gone once the last file closes)."""
+    if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def _mountinfo() -> str:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _kill(pid: int) -> None:

@@ -52,7 +52,8 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
     scratch_used = Integer(0, help="Bytes in scratch at the last measurement.")
     cgroup = Any(None, allow_none=True, help="The control group enforcing this server's CPU/memory limits.")
     spark_cluster = Any(None, allow_none=True, help="This server's own Spark cluster: ports, UI key, daemon pids.")
-    bucket_mounts = Any((), help="This server's bucket mounts: [{path, pid}] of the s3fs daemons.")
+    bucket_mounts = Any((), help="This server's bucket mounts: [{path, pid, shared?}] (shared: the read-only dataset's "
+                        "one mount that path binds; pid: the s3fs daemon serving it).")
     _spark_abort = False  # set by esker_release while esker_spark_start runs
     spark_start_timeout = Integer(
         60, config=True, help="Seconds a server's own Spark master may take to listen before the spawn fails."

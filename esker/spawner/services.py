@@ -77,7 +77,16 @@ class BucketMounts:
                 if owner is None:
                     raise s3mounts.MountError(f"no keys own the dataset bucket {m.bucket}")
                 keys = (owner.access_key, owner.secret_key)
-            env = s3mounts.s3fs_env(m, *keys, os.path.realpath(rt.state_dir))
+            marker = os.path.realpath(rt.state_dir)
+            if m.name != "bucket" and m.read_only:
+                # One mount per dataset for all its readers (one page cache for a workshop), bound into this
+                # user's folder read-only.
+                src, cmd = s3mounts.shared_command(m, s3mounts.shared_point(rt.state_dir, m, keys[0]),
+                                                   storage["endpoint"])
+                env = s3mounts.s3fs_env(src, *keys, marker)
+                log = os.path.join(logs, f"shared.{os.path.basename(src.path)}.log")
+                return {"path": m.path, "pid": s3mounts.attach_shared(m, src, cmd, env, log), "shared": src.path}
+            env = s3mounts.s3fs_env(m, *keys, marker)
             return {"path": m.path, "pid": s3mounts.mount(m, cmd, env, os.path.join(logs, f"{where}.{m.name}.log"))}
 
         def setup():
@@ -113,7 +122,14 @@ class BucketMounts:
 
     async def release(self, sp) -> None:
         held, sp.bucket_mounts = list(sp.bucket_mounts or ()), []
-        await asyncio.gather(*(asyncio.to_thread(s3mounts.unmount, m["path"], m.get("pid")) for m in held))
+
+        def end(m):
+            if m.get("shared"):
+                s3mounts.detach_shared(m["path"], m["shared"], m.get("pid"))
+            else:
+                s3mounts.unmount(m["path"], m.get("pid"))
+
+        await asyncio.gather(*(asyncio.to_thread(end, m) for m in held))
 
 
 def mounts_unsupported(sp) -> str | None:

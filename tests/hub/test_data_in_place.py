@@ -126,12 +126,16 @@ def test_datasets_are_read_only_for_participants_and_writable_for_instructors(ru
         hub.stop("data-teacher")
     hub.spawn("data-student", {"profile": "minimal"})
     try:
-        w = result(run(h, hub, "data-student", WRITE_DATASET + r"""
-print("C" + json.dumps(open(os.path.join(d, "from-instructor.json")).read()))
-"""), "W")
+        out = run(h, hub, "data-student", WRITE_DATASET + r"""
+print("C" + json.dumps({f: open(os.path.join(d, f)).read() for f in ("from-instructor.json", "by-api.json")}))
+""")
+        w = result(out, "W")
         assert not w["wrote"] and w["errno"] == "EROFS", w
         assert "from-instructor.json" in w["ls"] and "by-api.json" in w["ls"], w
         assert w["api"].endswith(":AccessDenied"), w
+        # Both readable through her mount: the one written through the instructor's mount and the one he
+        # uploaded with his own keys (his object, by S3's ownership, which the mount's keys read by policy).
+        assert result(out, "C") == {"from-instructor.json": '{"day": 1, "t": 20}\n', "by-api.json": "{}"}
     finally:
         hub.stop("data-student")
 
@@ -204,3 +208,75 @@ print("M" + json.dumps(out))
     finally:
         hub.stop("data-carol")
         hub.stop("data-mallory")
+
+
+def test_readers_of_a_dataset_share_one_mount_and_its_page_cache(running_hub, hub):
+    """Two participants read the weather dataset through one s3fs daemon: what the first reads, the second
+    finds in memory. Each reaches it only through a read-only bind in their own folder; the shared mount's
+    own place is root's; it ends with its last reader."""
+    h = running_hub
+    hub.ensure_user("data-teacher", groups=["instructors"])
+    hub.spawn("data-teacher", {"profile": "minimal"})
+    try:  # 1 MB in the dataset, uploaded by its writer with his own keys (his object, by S3's ownership)
+        run(h, hub, "data-teacher", "import os, json, esker_client as ec; b, _, p = json.loads(os.environ["
+            "'ESKER_DATASETS'])['weather'][5:].partition('/'); ec.s3_client().put_object(Bucket=b, "
+            "Key=p.rstrip('/') + '/shared-probe.bin', Body=os.urandom(1 << 20))")
+    finally:
+        hub.stop("data-teacher")
+    names = ["data-p1", "data-p2"]
+    for n in names:
+        hub.ensure_user(n)
+        hub.spawn(n, {"profile": "minimal"})
+    shared_top = os.path.join(os.path.realpath(h.state_dir), "mounts", mounts.SHARED)
+    try:
+        dirs = {n: json.loads(run(h, hub, n, "import os; print('D' + os.environ['ESKER_DATASET_DIRS'])")
+                              .split("D", 1)[1].splitlines()[0])["weather"] for n in names}
+        daemons = [(p, point) for p, point in mounts.running() if point.startswith(shared_top + "/")]
+        assert len(daemons) == 1, daemons
+        point = daemons[0][1]
+        with open("/proc/self/mountinfo") as f:
+            info = f.read()
+        binds = mounts.binds_in(info, point)
+        assert sorted(binds) == sorted(os.path.realpath(d) for d in dirs.values()), (binds, dirs)
+        for line in info.splitlines():
+            if line.split()[4] in binds:
+                assert {"ro", "nosuid", "nodev"} <= set(line.split()[5].split(",")), line
+        assert (os.stat(shared_top).st_uid, oct(os.stat(shared_top).st_mode & 0o777)) == (0, "0o700")
+        # The page cache is one: drop a file's pages through p2's path, p1 reads it, p2's path has it all.
+        name = "shared-probe.bin"
+        theirs = os.path.join(dirs["data-p2"], name)
+        fd = os.open(theirs, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+        def resident(path: str = theirs) -> int:
+            out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                                 capture_output=True, text=True, check=True).stdout
+            return int(out.split()[0])
+
+        assert resident() == 0
+        size = int(run(h, hub, "data-p1", f"import os, json; d = json.loads(os.environ['ESKER_DATASET_DIRS'])"
+                                          f"['weather']; print('N' + str(len(open(os.path.join(d, {name!r}), 'rb')"
+                                          f".read())))").split("N", 1)[1].split()[0])
+        assert size == 1 << 20 and resident() == size, (resident(), resident(os.path.join(point, name)))
+        # p2, hostile: the shared mount's own place and p1's bind are closed to her; writing hers is EROFS.
+        probe = f"""
+import errno, json, os
+out = {{}}
+for what, f in [("shared", lambda: os.listdir({shared_top!r})), ("p1", lambda: os.listdir({dirs['data-p1']!r})),
+                ("write", lambda: open(os.path.join({dirs['data-p2']!r}, "planted"), "w"))]:
+    try:
+        f(); out[what] = "ok"
+    except OSError as e:
+        out[what] = errno.errorcode.get(e.errno)
+print("H" + json.dumps(out))
+"""
+        assert result(run(h, hub, "data-p2", probe), "H") == {"shared": "EACCES", "p1": "EACCES", "write": "EROFS"}
+        hub.stop("data-p1")
+        assert mounts.binds_in(open("/proc/self/mountinfo").read(), point) == [os.path.realpath(dirs["data-p2"])]
+        assert name in run(h, hub, "data-p2", f"import os; print(os.listdir({dirs['data-p2']!r}))")
+    finally:
+        for n in names:
+            hub.stop(n)
+    assert not [p for p, at in mounts.running() if at.startswith(shared_top + "/")], "it ends with its last reader"
+    assert mounted_under(shared_top) == [] and mounted_under(os.path.dirname(dirs["data-p2"])) == []

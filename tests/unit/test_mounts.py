@@ -78,3 +78,37 @@ def test_home_link_is_made_once_and_never_through_a_planted_one(tmp_path):
     else:
         raise AssertionError("followed a linked home")
     assert not (other / "s3").exists()
+
+
+def test_a_read_only_dataset_has_one_shared_mount_per_owner_key_readable_only_through_binds():
+    weather = {m.name: m for m in M.plan_mounts(GRANT, "/r/alice")}["weather"]
+    for_bob = {m.name: m for m in M.plan_mounts(GRANT, "/r/bob")}["weather"]
+    point = M.shared_point("/state", weather, "OWNER-AK")
+    assert point.startswith("/state/mounts/.shared/") and "OWNER" not in point
+    assert M.shared_point("/state", for_bob, "OWNER-AK") == point  # every reader's plan meets the same mount
+    assert M.shared_point("/state", weather, "ROTATED-AK") != point  # a new owner key: a new mount
+    census = {m.name: m for m in M.plan_mounts(GRANT, "/r/alice")}["census"]
+    assert M.shared_point("/state", census, "OWNER-AK") != point
+    src, cmd = M.shared_command(weather, point, GRANT["endpoint"])
+    assert src.path == point and src.source == weather.source and src.read_only
+    assert cmd[:3] == ["s3fs", "esker-data:/weather", point]
+    opts = cmd[cmd.index("-o") + 1].split(",")
+    assert {"uid=0", "gid=0", "umask=0222", "mp_umask=0222", "ro", "allow_other", "default_permissions",
+            "nosuid", "nodev"} <= set(opts)
+    assert M.s3fs_env(src, "AK", "SK", "/state")[M.POINT] == point  # `esker stop --all` finds it
+
+
+MOUNTINFO = """\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
+90 22 0:55 / /s/mounts/.shared/abc ro,nosuid,nodev,relatime shared:40 - fuse.s3fs s3fs ro,user_id=0
+91 22 0:55 / /s/mounts/alice/esker-data/weather ro,nosuid,nodev,relatime shared:40 - fuse.s3fs s3fs ro
+92 22 0:56 / /s/mounts/alice/esker-alice rw,nosuid,nodev,relatime shared:41 - fuse.s3fs s3fs rw
+93 22 0:55 / /s/mounts/bob\\040b/esker-data/weather ro,nosuid,nodev,relatime shared:40 - fuse.s3fs s3fs ro
+"""
+
+
+def test_binds_are_the_other_mount_points_of_the_same_device():
+    assert M.binds_in(MOUNTINFO, "/s/mounts/.shared/abc") == ["/s/mounts/alice/esker-data/weather",
+                                                              "/s/mounts/bob b/esker-data/weather"]
+    assert M.binds_in(MOUNTINFO, "/s/mounts/alice/esker-alice") == []
+    assert M.binds_in(MOUNTINFO, "/not/mounted") == []
