@@ -112,7 +112,7 @@ def test_rotated_keys_end_the_mount_at_once(ceph, mounted, tmp_path):  # noqa: F
 
 
 def _shared(tmp_path, grant, readers):
-    """alice's bucket as a read-only dataset shared by ``readers`` (their folders under tmp_path)."""
+    """The owner's bucket as a read-only dataset shared by ``readers`` (their folders under tmp_path)."""
     marker = str(tmp_path / "marker")
     plans = [mounts.Mount("data", grant["bucket"], "", str(tmp_path / "mounts" / r / grant["bucket"]), True)
              for r in readers]
@@ -132,26 +132,30 @@ def test_a_shared_dataset_ends_with_its_last_reader_and_a_failed_bind_leaves_not
     grant = run(svc.prepare("owner"))
     s3(ceph, grant).put_object(Bucket=grant["bucket"], Key="a.txt", Body=b"shared")
     marker, (p1, p2, bad), src, cmd, env = _shared(tmp_path, grant, ["p1", "p2", "bad"])
-    pid = mounts.attach_shared(p1, src, cmd, env, str(tmp_path / "s3fs.log"))
-    assert mounts.attach_shared(p2, src, cmd, env, str(tmp_path / "s3fs.log")) == pid  # one daemon
-    assert [pt for _, pt in mounts.running(marker)] == [src.path]
-    assert open(os.path.join(p2.path, "a.txt")).read() == "shared"
-    # A reader whose folder cannot be made: a clear error, the others' binds and the daemon untouched.
-    os.makedirs(os.path.dirname(os.path.dirname(bad.path)), exist_ok=True)
-    open(os.path.dirname(bad.path), "w").close()  # a file where the bucket's folder should be
-    with pytest.raises(OSError):
-        mounts.attach_shared(bad, src, cmd, env, str(tmp_path / "s3fs.log"))
-    assert sorted(binds(src.path)) == sorted(os.path.realpath(p.path) for p in (p1, p2))
-    mounts.detach_shared(p1.path, src.path, pid)
-    assert not mounts.is_mounted(p1.path) and binds(src.path) == [os.path.realpath(p2.path)]
-    assert open(os.path.join(p2.path, "a.txt")).read() == "shared"
-    mounts.detach_shared(p2.path, src.path, pid)
-    assert not mounts.is_mounted(p2.path) and not mounts.is_mounted(src.path)
-    assert mounts.running(marker) == []
-    # Alone, a failed bind ends the mount it made.
-    with pytest.raises(OSError):
-        mounts.attach_shared(bad, src, cmd, env, str(tmp_path / "s3fs.log"))
-    assert not mounts.is_mounted(src.path) and mounts.running(marker) == []
+    try:
+        pid = mounts.attach_shared(p1, src, cmd, env, str(tmp_path / "s3fs.log"))
+        assert mounts.attach_shared(p2, src, cmd, env, str(tmp_path / "s3fs.log")) == pid  # one daemon
+        assert [pt for _, pt in mounts.running(marker)] == [src.path]
+        assert open(os.path.join(p2.path, "a.txt")).read() == "shared"
+        # A reader whose folder cannot be made: a clear error, the others' binds and the daemon untouched.
+        os.makedirs(os.path.dirname(os.path.dirname(bad.path)), exist_ok=True)
+        open(os.path.dirname(bad.path), "w").close()  # a file where the bucket's folder should be
+        with pytest.raises(OSError):
+            mounts.attach_shared(bad, src, cmd, env, str(tmp_path / "s3fs.log"))
+        assert sorted(binds(src.path)) == sorted(os.path.realpath(p.path) for p in (p1, p2))
+        mounts.detach_shared(p1.path, src.path, pid)
+        assert not mounts.is_mounted(p1.path) and binds(src.path) == [os.path.realpath(p2.path)]
+        assert open(os.path.join(p2.path, "a.txt")).read() == "shared"
+        mounts.detach_shared(p2.path, src.path, pid)
+        assert not mounts.is_mounted(p2.path) and not mounts.is_mounted(src.path)
+        assert mounts.running(marker) == []
+        # Alone, a failed bind ends the mount it made.
+        with pytest.raises(OSError):
+            mounts.attach_shared(bad, src, cmd, env, str(tmp_path / "s3fs.log"))
+        assert not mounts.is_mounted(src.path) and mounts.running(marker) == []
+    finally:  # nothing left mounted, whatever failed
+        for pid, point in mounts.running(marker):
+            mounts.unmount(point, pid)
 
 
 def test_stop_all_ends_a_shared_dataset_and_every_readers_bind(ceph, tmp_path):  # noqa: F811
@@ -160,9 +164,13 @@ def test_stop_all_ends_a_shared_dataset_and_every_readers_bind(ceph, tmp_path): 
     svc = ceph.storage_service(tmp_path / "state", bucket_prefix=f"m{uuid.uuid4().hex[:6]}-")
     grant = run(svc.prepare("owner"))
     marker, plans, src, cmd, env = _shared(tmp_path, grant, ["p1", "p2"])
-    for p in plans:
-        mounts.attach_shared(p, src, cmd, env, str(tmp_path / "s3fs.log"))
-    [(pid, point)] = mounts.running(marker)
-    mounts.unmount(point, pid)
-    assert not any(mounts.is_mounted(p) for p in [src.path] + [p.path for p in plans])
-    assert mounts.running(marker) == []
+    try:
+        for p in plans:
+            mounts.attach_shared(p, src, cmd, env, str(tmp_path / "s3fs.log"))
+        [(pid, point)] = mounts.running(marker)
+        mounts.unmount(point, pid)
+        assert not any(mounts.is_mounted(p) for p in [src.path] + [p.path for p in plans])
+        assert mounts.running(marker) == []
+    finally:  # nothing left mounted, whatever failed
+        for pid, point in mounts.running(marker):
+            mounts.unmount(point, pid)
