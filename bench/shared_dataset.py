@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import os
 import platform
 import shutil
@@ -204,7 +205,7 @@ def main(argv=None) -> int:
         for m in plan[SIDES[1]]:
             shared_pid = mounts.attach_shared(m, src, cmd, env, str(work / "shared.log"))
             held.append((m.path, shared_pid, src.path))
-        gateway = [json_pid(f) for f in (work / "ceph" / "run").glob("esker-*.pid")]
+        gateway = [json.loads(f.read_text())["pid"] for f in (work / "ceph" / "run").glob("esker-*.pid")]
         pids = {SIDES[0]: own_pids + gateway, SIDES[1]: [shared_pid] + gateway}
         distinct = {SIDES[0]: [m.path for m in plan[SIDES[0]]], SIDES[1]: [plan[SIDES[1]][0].path]}
         for side in SIDES:  # each path once, untimed (s3fs's first listing, Python's imports)
@@ -262,12 +263,6 @@ def main(argv=None) -> int:
               f"CPU and {b['page_cache_median_mb'] / a['page_cache_median_mb']:.2f}x its page cache")
     print(f"CSV and PNG in {outdir}")
     return 0
-
-
-def json_pid(path: Path) -> int:
-    import json
-
-    return int(json.loads(path.read_text())["pid"])
 
 
 if __name__ == "__main__":
