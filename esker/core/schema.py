@@ -37,6 +37,21 @@ OVERRIDE = {
     },
 }
 
+GPU_POLICY = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "What happens to a server holding GPUs (servers without GPUs are never affected).",
+    "properties": {
+        "idle_timeout": {"type": "integer", "minimum": 0,
+                         "description": "Seconds a server's GPUs may stay idle (utilisation 0 and no compute "
+                                        "process on any of them) before the server is stopped, with a warning in "
+                                        "the hub's log and on the user's next spawn page. 0: never."},
+        "max_runtime": {"type": "integer", "minimum": 0,
+                        "description": "Seconds a server holding GPUs may run at most, busy or not (events where "
+                                       "40-50 people share a few GPUs). 0: no limit."},
+    },
+}
+
 CHOICE = {
     "type": "object",
     "additionalProperties": False,
@@ -90,7 +105,10 @@ PROFILE = {
             "description": "Keep the scratch directory when the server stops (otherwise it is wiped).",
         },
         "gpus": {"type": "integer", "minimum": 0, "maximum": 16, "default": 0, "description": "Default GPU count."},
-        "gpu_type": {"type": ["string", "null"], "default": None},
+        "gpu_type": {"type": ["string", "null"], "default": None,
+                     "description": "A key of gpus.types: servers of this profile get GPUs of that type only."},
+        "gpu_policy": {**GPU_POLICY, "default": {},
+                       "description": "This profile's GPU policy; a field left out takes gpus.policy's."},
         "spark": {"type": "boolean", "default": False, "description": "Inject the Spark master and defaults."},
         "storage": {
             "enum": ["optional", "required", "none"],
@@ -252,20 +270,48 @@ SCHEMA = {
             "description": "GPUs handed to servers, one user per device.",
             "properties": {
                 "devices": {
-                    "oneOf": [{"const": "auto"}, {"type": "array", "items": {"type": "string"}, "uniqueItems": True}],
+                    "oneOf": [
+                        {"const": "auto"},
+                        {"type": "array", "uniqueItems": True, "items": {"oneOf": [
+                            {"type": "string", "pattern": "^[0-9]+$"},
+                            {"type": "object", "additionalProperties": False, "required": ["id"], "properties": {
+                                "id": {"type": "string", "pattern": "^[0-9]+$",
+                                       "description": "NVML index: CUDA_VISIBLE_DEVICES and /dev/nvidia<id>."},
+                                "type": {"type": "string", "minLength": 1, "description": "A key of gpus.types."},
+                            }},
+                        ]}},
+                    ],
                     "default": "auto",
-                    "description": "auto: detect with NVML. A list of device ids pins them (or tests the allocator).",
+                    "description": "auto: the GPUs NVML reports, typed by gpus.types' products. A list of device "
+                                   "indexes (or {id, type}) pins them; without a driver it exercises the allocator.",
                 },
+                "policy": {**GPU_POLICY, "default": {},
+                           "properties": {
+                               "idle_timeout": {**GPU_POLICY["properties"]["idle_timeout"], "default": 1800},
+                               "max_runtime": {**GPU_POLICY["properties"]["max_runtime"], "default": 0},
+                           },
+                           "description": "The hub-wide GPU policy (a profile's gpu_policy overrides a field)."},
+                "metrics_url": {"type": "string", "default": "",
+                                "description": "Kubernetes: the DCGM exporter's metrics URL (e.g. "
+                                               "http://nvidia-dcgm-exporter.gpu-operator:9400/metrics), read for GPU "
+                                               "use per server (metrics, the GPU policy). Empty: no GPU use on "
+                                               "Kubernetes (the policy's max_runtime still applies)."},
+                "metrics_interval": {"type": "integer", "minimum": 5, "default": 30,
+                                     "description": "Seconds between reads of GPU use (NVML or the DCGM exporter)."},
                 "resource_name": {"type": "string", "default": "nvidia.com/gpu"},
                 "types": {
                     "type": "object",
                     "default": {},
-                    "description": "GPU types offered on Kubernetes: node selector and tolerations for each.",
+                    "description": "GPU types: on one machine, the NVML product names of each; on Kubernetes, "
+                                   "the node selector and tolerations of each.",
                     "additionalProperties": {
                         "type": "object",
                         "additionalProperties": False,
                         "properties": {
                             "display_name": {"type": "string"},
+                            "products": {"type": "array", "items": {"type": "string", "minLength": 1},
+                                         "description": "NVML product names of this type (shell patterns, case "
+                                                        "ignored, such as 'NVIDIA A100*'). Default: the display_name."},
                             "node_selector": {"type": "object", "additionalProperties": {"type": "string"}},
                             "tolerations": {"type": "array", "items": {"type": "object"}},
                         },
