@@ -17,7 +17,7 @@ from esker.core.plan import Site, SparkSite
 from esker.functions.broker import BrokerAdmin, admin_from_config
 from esker.objectstore.service import StorageService
 from esker.state.ledger import Ledger
-from esker.system.envs import EnvironmentBuilder
+from esker.system.envs import EnvironmentBuilder, cuda_wanted
 from esker.system.gpus import Gpu, configured_gpus
 
 log = logging.getLogger("esker")
@@ -67,9 +67,10 @@ class Runtime:
 
     @cached_property
     def builder(self) -> EnvironmentBuilder:
-        # ESKER_ENVS_DIR lets several hubs (tests, benchmarks) share built environments.
+        # ESKER_ENVS_DIR lets several hubs (tests, benchmarks) share built environments. CUDA builds where NVML
+        # answers for a GPU (not for self.gpus, which may be pinned ids without a driver), or as ESKER_CUDA says.
         return EnvironmentBuilder(os.environ.get("ESKER_ENVS_DIR") or os.path.join(self.state_dir, "envs"),
-                                  resources.images_dir())
+                                  resources.images_dir(), cuda=cuda_wanted())
 
     @property
     def scratch_root(self) -> str:

@@ -38,16 +38,17 @@ from esker.courses.prewarm import (
     prewarm_record,
 )
 from esker.spark.cluster import java_home
-from esker.system.envs import EnvironmentBuilder
+from esker.system.envs import EnvironmentBuilder, cuda_wanted
 
 log = logging.getLogger("esker.courses")
 
 
 def default_builder(state_dir: str):
     """The hub's own EnvironmentBuilder (hub/runtime.py): same folder (ESKER_ENVS_DIR or <state>/envs), same
-    images/, same interpreter, so what is built here is what the spawner finds ready."""
+    images/, same interpreter, same CUDA decision (cuda_wanted: NVML, or ESKER_CUDA, which the service is given),
+    so what is built here is what the spawner finds ready."""
     return EnvironmentBuilder(os.environ.get("ESKER_ENVS_DIR") or os.path.join(state_dir, "envs"),
-                              resources.images_dir())
+                              resources.images_dir(), cuda=cuda_wanted())
 
 
 def spark_master_check(cfg):

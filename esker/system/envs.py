@@ -3,6 +3,11 @@
 The lock file is the same one the container image installs, so a profile behaves the same on one machine
 and on Kubernetes. Environments are built on demand (or ahead by `make run`), cached under the state
 directory by a hash of their inputs, and rebuilt when the lock file or the notebook helper changes.
+
+An image may also have a requirements-cuda.lock (tensorflow-gpu: TensorFlow's `and-cuda` extra, the nvidia-*-cu12
+wheels), which its container image installs after requirements.lock. A builder made with ``cuda=True`` (a machine
+whose NVML answers for a GPU, or ESKER_CUDA=1: cuda_wanted) does the same, and that lock is then one of the
+environment's inputs, so the CUDA build has a key, and a folder, of its own beside the CPU build.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -23,7 +29,10 @@ from typing import AsyncIterator
 from esker.spark.archive import build_executor_archive
 from esker.spark.cluster import java_home, spark_home_of
 
+log = logging.getLogger(__name__)
+
 READY = ".esker-ready"
+CUDA_LOCK = "requirements-cuda.lock"  # images/<name>/: installed after requirements.lock by CUDA builds
 RECIPE = b"6"  # bump when the way environments are built changes, so existing ones are rebuilt
 
 # Jupyter Server's own settings for every server of an environment ({env}/etc/jupyter, after the user's own):
@@ -112,10 +121,83 @@ def default_python() -> str:
     return sys.executable
 
 
+def nvml_answers() -> bool:
+    """Whether NVML (the NVIDIA driver) answers here and counts at least one GPU; False on any error.
+
+    Only this switches the CUDA build on by itself: gpus.devices in esker.yaml may pin device ids on a
+    machine without a driver (tests do), and those ids are no reason to download CUDA."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no pynvml, NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return False
+    try:
+        return pynvml.nvmlDeviceGetCount() > 0
+    except Exception:
+        return False
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def cuda_wanted(environ=None, detect=None) -> bool:
+    """Whether environments are built with their CUDA libraries (EnvironmentBuilder's ``cuda``).
+
+    ESKER_CUDA=1 (true, yes, on) or 0 (false, no, off) decides; unset or empty, NVML does (nvml_answers).
+    Any other value is ignored, with a warning."""
+    value = (os.environ if environ is None else environ).get("ESKER_CUDA", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    if value:
+        log.warning("ESKER_CUDA=%r is neither 1 nor 0: ignored, NVML decides", value)
+    return (detect or nvml_answers)()
+
+
+def build_steps(name: str, env_path: Path, *, uv: str, python: str, lock: Path, cuda_lock: Path | None = None,
+                client: Path | None = None) -> list[tuple[str, list[str]]]:
+    """The commands that build environment ``name`` at ``env_path``, each with its progress line, in order.
+
+    ``cuda_lock`` (a CUDA build) is installed right after ``lock`` and, as in the container image
+    (images/tensorflow-gpu/Dockerfile), with --no-deps: exactly its pins, so both modes get the same set.
+    ``client`` is the esker-client folder, when the environment gets the helper."""
+    env_python = str(Path(env_path) / "bin" / "python")
+    steps = [
+        (f"Creating the {name} environment" + (" (CUDA build)" if cuda_lock else ""),
+         [uv, "venv", "--python", python, "--seed", "--system-site-packages", str(env_path)]),
+        (f"Installing {name} packages from {lock.name}",
+         # Bytecode now, as root: servers run as users who cannot write __pycache__ here.
+         [uv, "pip", "install", "--python", env_python, "--compile-bytecode", "-r", str(lock)]),
+    ]
+    if cuda_lock is not None:
+        steps.append((f"Installing {name}'s CUDA libraries from {cuda_lock.name} (NVIDIA's CUDA and cuDNN wheels: "
+                      "several GB to download and unpack, the longest step)",
+                      [uv, "pip", "install", "--python", env_python, "--compile-bytecode", "--no-deps",
+                       "-r", str(cuda_lock)]))
+    if client is not None:
+        steps.append(("Installing the esker_client helper",
+                      [uv, "pip", "install", "--python", env_python, "--no-deps", str(client)]))
+    return steps
+
+
 @dataclass(frozen=True)
 class Environment:
     name: str
     path: Path
+    cuda: bool = False  # built with the image's requirements-cuda.lock too (EnvironmentBuilder's cuda)
+
+    @property
+    def variant(self) -> str:
+        """What was built, for status lines and progress: "CUDA build" or "CPU build"."""
+        return "CUDA build" if self.cuda else "CPU build"
 
     @property
     def python(self) -> str:
@@ -130,10 +212,11 @@ class Environment:
 
 
 class EnvironmentBuilder:
-    def __init__(self, root: str | Path, images_dir: str | Path, python: str | None = None):
+    def __init__(self, root: str | Path, images_dir: str | Path, python: str | None = None, cuda: bool = False):
         self.root = Path(root)
         self.images_dir = Path(images_dir)
         self.python = python or default_python()
+        self.cuda = cuda  # images with a requirements-cuda.lock get their CUDA libraries (cuda_wanted says when)
         self._locks: dict[str, asyncio.Lock] = {}
         self._keys: dict[str, tuple] = {}
 
@@ -142,11 +225,19 @@ class EnvironmentBuilder:
         if not lock.is_file():
             raise FileNotFoundError(f"no lock file for environment {name!r}: {lock}")
         files = [lock]
+        cuda_lock = self.cuda_lock(name)
+        if cuda_lock is not None:
+            files.append(cuda_lock)
         client = self.images_dir / "esker-client"
         if client.is_dir():
             files += sorted(p for p in client.rglob("*") if p.is_file() and "__pycache__" not in p.parts
                             and not p.name.endswith(".egg-info") and ".egg-info" not in str(p))
         return files
+
+    def cuda_lock(self, name: str) -> Path | None:
+        """The image's requirements-cuda.lock when this builder makes CUDA builds and the image has one."""
+        path = self.images_dir / name / CUDA_LOCK
+        return path if self.cuda and path.is_file() else None
 
     def key(self, name: str) -> str:
         # Cached on the inputs' mtimes: every spawn asks, the files rarely change.
@@ -167,7 +258,7 @@ class EnvironmentBuilder:
         return h.hexdigest()[:12]
 
     def get(self, name: str) -> Environment:
-        return Environment(name, self.root / f"{name}-{self.key(name)}")
+        return Environment(name, self.root / f"{name}-{self.key(name)}", cuda=self.cuda_lock(name) is not None)
 
     async def ensure(self, name: str) -> AsyncIterator[str]:
         """Build the environment if needed, yielding progress lines; returns when it is ready."""
@@ -194,19 +285,11 @@ class EnvironmentBuilder:
             if env.ready():
                 return
             shutil.rmtree(env.path, ignore_errors=True)
-            uv = uv_bin()
-            lock = self.images_dir / env.name / "requirements.lock"
-            steps = [
-                (f"Creating the {env.name} environment", [uv, "venv", "--python", self.python, "--seed",
-                                                          "--system-site-packages", str(env.path)]),
-                (f"Installing {env.name} packages from {lock.name}",
-                 # Bytecode now, as root: servers run as users who cannot write __pycache__ here.
-                 [uv, "pip", "install", "--python", env.python, "--compile-bytecode", "-r", str(lock)]),
-            ]
             client = self.images_dir / "esker-client"
-            if (client / "pyproject.toml").is_file():
-                steps.append(("Installing the esker_client helper",
-                              [uv, "pip", "install", "--python", env.python, "--no-deps", str(client)]))
+            steps = build_steps(env.name, env.path, uv=uv_bin(), python=self.python,
+                                lock=self.images_dir / env.name / "requirements.lock",
+                                cuda_lock=self.cuda_lock(env.name) if env.cuda else None,
+                                client=client if (client / "pyproject.toml").is_file() else None)
             for title, cmd in steps:
                 yield title
                 proc = await asyncio.create_subprocess_exec(
