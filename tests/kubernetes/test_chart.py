@@ -400,3 +400,177 @@ def test_z2jh_values_are_valid_for_the_jupyterhub_chart():
     (mount,) = hub["extraVolumeMounts"]
     assert vol["secret"]["secretName"] == "esker-config" and by(render(), "Secret", "esker-config")
     assert mount["name"] == vol["name"] and hub["extraEnv"]["ESKER_CONFIG"] == f"{mount['mountPath']}/esker.yaml"
+
+
+# ------------------------------------------------------------------------------------------- GPU use (DCGM)
+DCGM_URL = "http://nvidia-dcgm-exporter.gpu-operator:9400/metrics"
+WITH_DCGM = merge(OFFLINE, {"esker": {"config": {"gpus": {"metrics_url": DCGM_URL}}}})
+HUB_POD = {"app": "jupyterhub", "component": "hub", "release": "esker"}
+DCGM_POD = {"app": "nvidia-dcgm-exporter", "app.kubernetes.io/managed-by": "gpu-operator"}
+
+
+def _peer_admits(peer, pod_labels, pod_namespace, policy_namespace="hub"):
+    """Whether one NetworkPolicy peer (namespaceSelector and/or podSelector) admits a pod of that namespace."""
+    if "namespaceSelector" in peer:
+        if not _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": pod_namespace}):
+            return False
+    elif pod_namespace != policy_namespace:
+        return False
+    return _selects(peer.get("podSelector", {}), pod_labels)
+
+
+def test_the_hub_may_reach_the_dcgm_exporter_once_its_url_is_set():
+    assert VALUES["esker"]["config"]["gpus"]["metrics_url"] == ""  # off by default, documented beside
+    assert f"#   metrics_url: {DCGM_URL}" in (CHART / "values.yaml").read_text()
+    assert not by(render(), "NetworkPolicy", "esker-hub-dcgm-exporter")
+    docs = render(WITH_DCGM)
+    assert rendered_config(docs)["gpus"]["metrics_url"] == DCGM_URL
+    assert validate(rendered_config(docs), "chart").data["gpus"]["metrics_interval"] == 30
+    (pol,) = by(docs, "NetworkPolicy", "esker-hub-dcgm-exporter")
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(pol, version, strict=True)
+    spec = pol["spec"]
+    assert spec["policyTypes"] == ["Egress"] and "ingress" not in spec  # it admits nothing in
+    assert _selects(spec["podSelector"], HUB_POD)
+    assert not _selects(spec["podSelector"], {"app": "jupyterhub", "component": "singleuser-server"})
+    (rule,) = spec["egress"]
+    assert rule["ports"] == [{"port": 9400, "protocol": "TCP"}]
+    # The GPU Operator's exporter pods in gpu-operator, and nothing else: not the same labels elsewhere, not the
+    # hub's own namespace, not a user pod.
+    assert any(_peer_admits(p, DCGM_POD, "gpu-operator") for p in rule["to"])
+    assert not any(_peer_admits(p, DCGM_POD, "hub") for p in rule["to"])
+    assert not any(_peer_admits(p, {"app": "other"}, "gpu-operator") for p in rule["to"])
+    assert not any(_peer_admits(p, {"app": "jupyterhub", "component": "singleuser-server"}, "hub") for p in rule["to"])
+    # Everything else the chart renders is unchanged, and still valid.
+    names = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy")
+    assert names == sorted(["esker-hub-dcgm-exporter",
+                            *(d["metadata"]["name"] for d in render() if d["kind"] == "NetworkPolicy")])
+    for doc in docs:
+        if doc["kind"] not in CRDS:
+            kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+
+
+def test_the_dcgm_rule_is_configurable_and_off_where_it_cannot_help():
+    # Through Prometheus (/federate): its pods and port replace the exporter's (lists replace, maps would merge).
+    prom = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    url = "http://prometheus-operated.monitoring:9090/federate?match[]=DCGM_FI_DEV_GPU_UTIL&match[]=DCGM_FI_DEV_FB_USED"
+    docs = render(merge(WITH_DCGM, {"esker": {"config": {"gpus": {"metrics_url": url}},
+                                              "networkPolicy": {"dcgmExporter": {"to": prom, "ports": [9090]}}}}))
+    (pol,) = by(docs, "NetworkPolicy", "esker-hub-dcgm-exporter")
+    kubernetes_validate.validate(pol, K8S_VERSIONS[-1], strict=True)
+    assert pol["spec"]["egress"] == [{"to": prom, "ports": [{"port": 9090, "protocol": "TCP"}]}]
+    # No rule: an empty `to`, Esker's network policies off, or z2jh's hub policy off (the hub's egress is open
+    # then, and an Egress policy selecting it would shut everything else).
+    for off in ({"esker": {"networkPolicy": {"dcgmExporter": {"to": []}}}},
+                {"esker": {"networkPolicy": {"enabled": False}}},
+                {"jupyterhub": {"hub": {"networkPolicy": {"enabled": False}}}}):
+        assert not by(render(merge(WITH_DCGM, off)), "NetworkPolicy", "esker-hub-dcgm-exporter"), off
+    # values.schema.json: strict about the rule's shape and the URL's scheme.
+    chart = helm.Chart.load(str(CHART))
+    for typo in ({"esker": {"networkPolicy": {"dcgmExporter": {"port": 9400}}}},
+                 {"esker": {"networkPolicy": {"dcgmExporter": {"ports": [94000]}}}},
+                 {"esker": {"networkPolicy": {"dcgmExporter": {"to": "gpu-operator"}}}},
+                 {"esker": {"config": {"gpus": {"metrics_url": "nvidia-dcgm-exporter.gpu-operator:9400"}}}},
+                 {"esker": {"config": {"gpus": {"metrics_interval": 1}}}}):
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(merge(VALUES, typo))
+        with pytest.raises(helm.HelmValuesError):
+            render(merge(OFFLINE, typo))
+
+
+# ------------------------------------------------------------------------------------------- the dashboard's GPUs
+DASHBOARD = CHART / "files" / "dashboards" / "esker-hub.json"
+# The hub's GPU metrics (esker.metrics; docs/monitoring.md lists them), with their labels.
+GPU_METRICS = {
+    "esker_gpu_assigned": {"user", "server", "device", "type"},
+    "esker_gpu_utilization_ratio": {"user", "server", "device", "type"},
+    "esker_gpu_memory_used_bytes": {"user", "server", "device", "type"},
+    "esker_gpu_memory_total_bytes": {"user", "server", "device", "type"},
+    "esker_gpu_processes": {"user", "server", "device", "type"},
+    "esker_gpu_idle_seconds": {"user", "server"},
+    "esker_gpus_total": {"type"},
+    "esker_gpus_free": {"type"},
+    "esker_gpu_servers_stopped_total": {"reason"},
+}
+
+
+def _dashboard_rows(dash):
+    """Row title -> the panels under it (the dashboard's panels are flat, each row followed by its own)."""
+    rows, current = {}, None
+    for p in dash["panels"]:
+        if p["type"] == "row":
+            current = rows.setdefault(p["title"], [])
+        elif current is not None:
+            current.append(p)
+    return rows
+
+
+def test_dashboard_layout_ids_and_datasource():
+    import re as _re
+
+    dash = json.loads(DASHBOARD.read_text())
+    panels = dash["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    assert [v["name"] for v in dash["templating"]["list"]] == ["datasource"]
+    cells = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["h"] > 0 and g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = p["title"]
+        if p["type"] != "row":
+            assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+            for t in p["targets"]:
+                assert t["datasource"] == p["datasource"] and t["expr"]
+            refs = [t["refId"] for t in p["targets"]]
+            assert len(set(refs)) == len(refs)
+    # Rows in order, each below the last panel of the one before.
+    rows = [p for p in panels if p["type"] == "row"]
+    assert [r["gridPos"]["y"] for r in rows] == sorted(r["gridPos"]["y"] for r in rows)
+    for a, b in zip(rows, rows[1:]):
+        under = [p for p in panels if p["type"] != "row" and a["gridPos"]["y"] < p["gridPos"]["y"] < b["gridPos"]["y"]]
+        assert under and max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in under) <= b["gridPos"]["y"]
+    assert _re.search(r"\bGPUs\b", dash["description"])
+
+
+def test_dashboard_gpu_row_per_user_and_server():
+    import re as _re
+
+    gpus = _dashboard_rows(json.loads(DASHBOARD.read_text()))["GPUs"]
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in gpus}
+    named = set()
+    for p in gpus:
+        for t in p["targets"]:
+            names = set(_re.findall(r"\besker_[a-z0-9_]+", _re.sub(r'"(?:[^"\\]|\\.)*"', "", t["expr"])))
+            assert names and names <= set(GPU_METRICS), (p["title"], t["expr"])
+            named |= names
+            for grouped in _re.findall(r"\bby \(([^)]*)\)", t["expr"]):  # grouping by labels the metrics have
+                assert {g.strip() for g in grouped.split(",")} <= set().union(*(GPU_METRICS[n] for n in names))
+            for label in _re.findall(r"\{\{(\w+)\}\}", t["legendFormat"]):
+                assert all(label in GPU_METRICS[n] for n in names), (t["expr"], label)
+    assert named == set(GPU_METRICS), f"the GPUs row does not show {set(GPU_METRICS) - named}"
+
+    def panel(metric):
+        (p,) = [p for p in gpus if any(metric in e and "idle_seconds >" not in e for e in exprs[p["title"]])]
+        return p
+
+    # Per device, legend user/server device: utilisation, memory used and total, processes.
+    for metric in ("esker_gpu_utilization_ratio", "esker_gpu_memory_used_bytes", "esker_gpu_processes"):
+        assert any(t["legendFormat"].startswith("{{user}}/{{server}} {{device}}") for t in panel(metric)["targets"])
+    assert panel("esker_gpu_memory_used_bytes") is panel("esker_gpu_memory_total_bytes")
+    assert panel("esker_gpu_utilization_ratio")["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert "Kubernetes" in panel("esker_gpu_processes")["description"]
+    # Idle time per server, and what the policy does with it.
+    idle = panel("esker_gpu_idle_seconds")
+    assert idle["targets"][0]["legendFormat"] == "{{user}}/{{server}}" and idle["fieldConfig"]["defaults"]["unit"] == "s"
+    for words in ("gpus.policy.idle_timeout", "max_runtime", "0 while any is busy"):
+        assert words in idle["description"]
+    # Free of total by type, as a stat or bar gauge; stopped servers over an hour by reason.
+    free = panel("esker_gpus_free")
+    assert free is panel("esker_gpus_total") and free["type"] in ("stat", "bargauge")
+    assert all(t.get("instant") for t in free["targets"])
+    (stopped,) = exprs[panel("esker_gpu_servers_stopped_total")["title"]]
+    assert _re.fullmatch(r"sum by \(reason\) \(increase\(esker_gpu_servers_stopped_total\[1h\]\)\)", stopped)
