@@ -38,7 +38,7 @@ from esker.functions import stats as fn_stats
 from esker.functions.roles import SNAPSHOT as FN_SNAPSHOT
 from esker.spark.cluster import master_status
 from esker.state.coursestore import CourseStore
-from esker.system.gpus import usage_by_device
+from esker.core.gpus import DeviceUsage, availability
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -97,7 +97,17 @@ SEATS_IN_USE.set(0)
 _lock = threading.Lock()
 _known_profiles: set[str] = set()
 _live_servers: dict[str, str] = {}  # "user/server" -> profile
-_gpu_holders: dict[str, tuple[str, ...]] = {}  # user -> devices, as reported by the spawner
+_gpu_holders: dict[str, tuple[str, ...]] = {}  # "user/server" -> devices, as reported by the spawner
+_gpu_pods: dict[str, tuple[str, str]] = {}  # "user/server" -> (namespace, pod) of a Kubernetes server with GPUs
+_gpu_idle: dict[str, float] = {}  # "user/server" -> seconds its GPUs have been idle, at its last poll
+GPU_STOPS = Counter(
+    "esker_gpu_servers_stopped",
+    "Servers the GPU policy stopped, by reason: idle (their GPUs idle for the policy's idle_timeout) or "
+    "max_runtime (they ran for the policy's max_runtime).",
+    ["reason"],
+)
+for _reason in ("idle", "max_runtime"):
+    GPU_STOPS.labels(_reason)
 _spark_clusters: dict[str, tuple[int, str]] = {}  # "user/server" -> (master UI port, UI key)
 _SAFE_LABEL = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
@@ -215,16 +225,37 @@ def server_stopped(key: str) -> None:
 
 @_safe
 def gpu_assigned(owner: str, devices: Iterable[str]) -> None:
-    """``owner`` ("user" or "user/server") now holds ``devices``. The ledger is read at scrape time as well
-    (it survives hub restarts); this makes an assignment visible even where no ledger is reachable."""
+    """``owner`` ("user/server") now holds ``devices``. The ledger is read at scrape time as well (it survives hub
+    restarts); this makes an assignment visible even where no ledger is reachable."""
     with _lock:
         _gpu_holders[owner] = tuple(str(d) for d in devices)
+
+
+@_safe
+def gpu_pod(owner: str, namespace: str, pod: str) -> None:
+    """A Kubernetes server with GPUs runs as ``pod``: the DCGM exporter's series for that pod are its GPUs."""
+    with _lock:
+        _gpu_pods[owner] = (namespace, pod)
 
 
 @_safe
 def gpu_released(owner: str) -> None:
     with _lock:
         _gpu_holders.pop(owner, None)
+        _gpu_pods.pop(owner, None)
+        _gpu_idle.pop(owner, None)
+
+
+@_safe
+def gpu_idle(owner: str, seconds: float) -> None:
+    """How long all of ``owner``'s GPUs have been idle, at its last poll (0: busy or unknown)."""
+    with _lock:
+        _gpu_idle[owner] = float(seconds)
+
+
+@_safe
+def gpu_server_stopped(reason: str) -> None:
+    GPU_STOPS.labels(reason if reason in ("idle", "max_runtime") else "idle").inc()
 
 
 @_safe
@@ -367,54 +398,121 @@ class FunctionsCollector(Collector):
         yield from (calls, errors, flight, lat, cold, cold_s)
 
 
-class GpuCollector(Collector):
-    """GPU assignments per user (ledger and spawner reports) and, where NVML exists, their utilisation."""
+def _owner_labels(owner: str) -> tuple[str, str]:
+    user, _, server = owner.partition("/")
+    return user, server
 
-    def __init__(self, ledger_getter: Callable[[], object | None], usage: Callable[[], dict] | None = None):
+
+class GpuCollector(Collector):
+    """GPUs per user and server: assignments (the ledger, which survives restarts, and the spawners' reports), each
+    device's use (NVML on one machine; the DCGM exporter's series of the server's pod on Kubernetes), how long
+    each server's GPUs have been idle, and the devices free per type (embedded mode)."""
+
+    def __init__(self, ledger_getter: Callable[[], object | None], usage: Callable[[], dict] | None = None,
+                 gpus: Callable[[], list] | None = None, pod_usage: Callable[[str, str], list] | None = None):
         self._ledger = ledger_getter
-        self._usage = usage
+        self._usage = usage  # () -> {device id: DeviceUsage}
+        self._gpus = gpus  # () -> the hub's Gpu list (types, for the labels and the free counts)
+        self._pod_usage = pod_usage  # (namespace, pod) -> [DeviceUsage] (Kubernetes)
 
     def assignments(self) -> set[tuple[str, str]]:
+        """(owner "user/server", device id) pairs."""
         pairs: set[tuple[str, str]] = set()
         try:
             ledger = self._ledger()
             if ledger is not None:
-                pairs |= {(_user_of(owner), item) for item, owner in ledger.held("gpu").items()}
+                pairs |= {(owner if "/" in owner else owner + "/", item) for item, owner in ledger.held("gpu").items()}
         except Exception as e:  # noqa: BLE001
             log.warning("metrics: cannot read the GPU ledger: %s", e)
         with _lock:
-            pairs |= {(_user_of(o), d) for o, devs in _gpu_holders.items() for d in devs}
+            pairs |= {(o if "/" in o else o + "/", d) for o, devs in _gpu_holders.items() for d in devs}
         return pairs
 
+    def _usage_now(self) -> dict:
+        if self._usage is None:
+            return {}
+        try:
+            return self._usage() or {}
+        except Exception as e:  # noqa: BLE001
+            log.warning("metrics: reading GPU use failed: %s", e)
+            return {}
+
     def collect(self):
-        pairs = sorted(self.assignments())
-        assigned = GaugeMetricFamily("esker_gpu_assigned", "1 for each GPU device assigned to a user's server.",
-                                     labels=["user", "device"])
-        for user, dev in pairs:
-            assigned.add_metric([user, dev], 1)
-        yield assigned
-        usage = {}
-        if self._usage is not None:
-            try:
-                usage = self._usage() or {}
-            except Exception as e:  # noqa: BLE001
-                log.warning("metrics: NVML failed: %s", e)
-        if not usage:
-            return  # no NVML (no driver): the series are absent rather than zero
-        util = GaugeMetricFamily("esker_gpu_utilization_ratio",
-                                 "GPU utilisation (0..1, NVML) of devices assigned to a user's server.",
-                                 labels=["user", "device"])
-        mem = GaugeMetricFamily("esker_gpu_memory_used_bytes",
-                                "GPU memory used (NVML) on devices assigned to a user's server.",
-                                labels=["user", "device"])
-        for user, dev in pairs:
+        labels = ["user", "server", "device", "type"]
+        gpus = list(self._gpus() if self._gpus is not None else ())
+        type_of = {g.id: g.type or "" for g in gpus}
+        pairs = set(self.assignments())
+        # The devices' use: by device id (NVML), or by the server's pod (DCGM exporter, devices named by UUID,
+        # which then stand for the in-container numbers the spawner reported).
+        used: list[tuple[str, DeviceUsage, str]] = []
+        if self._pod_usage is not None:
+            with _lock:
+                pods = dict(_gpu_pods)
+            for owner, (ns, pod) in sorted(pods.items()):
+                try:
+                    found = list(self._pod_usage(ns, pod) or ())
+                except Exception as e:  # noqa: BLE001
+                    log.warning("metrics: reading GPU use of %s failed: %s", pod, e)
+                    continue
+                if found:
+                    pairs = {(o, d) for o, d in pairs if o != owner} | {(owner, u.device) for u in found}
+                    used += [(owner, u, "") for u in found]
+        usage = self._usage_now()
+        for owner, dev in sorted(pairs):
             u = usage.get(dev)
-            if u is None:
-                continue
-            util.add_metric([user, dev], u.get("utilization", 0.0) / 100.0)
-            mem.add_metric([user, dev], u.get("memory_used", 0.0))
-        yield util
-        yield mem
+            if isinstance(u, dict):  # an older reader's {"utilization", "memory_used"}
+                u = DeviceUsage(dev, float(u.get("utilization", 0.0)), int(u.get("memory_used", 0)))
+            if u is not None:
+                used.append((owner, u, type_of.get(dev, "")))
+        pairs = sorted(pairs)
+        assigned = GaugeMetricFamily("esker_gpu_assigned", "1 for each GPU device assigned to a user's server.",
+                                     labels=labels)
+        for owner, dev in pairs:
+            assigned.add_metric([*_owner_labels(owner), dev, type_of.get(dev, "")], 1)
+        yield assigned
+        if used:  # no NVML and no exporter: the series are absent rather than zero
+            util = GaugeMetricFamily("esker_gpu_utilization_ratio",
+                                     "GPU utilisation (0..1) of devices assigned to a user's server.", labels=labels)
+            mem = GaugeMetricFamily("esker_gpu_memory_used_bytes",
+                                    "GPU memory used on devices assigned to a user's server.", labels=labels)
+            total = GaugeMetricFamily("esker_gpu_memory_total_bytes",
+                                      "GPU memory of devices assigned to a user's server.", labels=labels)
+            procs = GaugeMetricFamily("esker_gpu_processes", "Compute processes on devices assigned to a user's "
+                                      "server (NVML; absent where the source has no process list).", labels=labels)
+            for owner, u, t in used:
+                key = [*_owner_labels(owner), u.device, t]
+                util.add_metric(key, u.utilization / 100.0)
+                mem.add_metric(key, u.memory_used)
+                if u.memory_total:
+                    total.add_metric(key, u.memory_total)
+                if u.processes is not None:
+                    procs.add_metric(key, u.processes)
+            yield from (util, mem, total, procs)
+        idle = GaugeMetricFamily("esker_gpu_idle_seconds", "Seconds all of a server's GPUs have been idle "
+                                 "(utilisation 0, no compute process), at its last poll; 0 while busy or unknown. "
+                                 "The GPU policy stops it at its idle_timeout.", labels=["user", "server"])
+        with _lock:
+            idles = dict(_gpu_idle)
+        for owner, secs in sorted(idles.items()):
+            idle.add_metric(list(_owner_labels(owner)), secs)
+        yield idle
+        if gpus:
+            total_f = GaugeMetricFamily("esker_gpus_total", "GPUs this hub hands out, per type ('' untyped).",
+                                        labels=["type"])
+            free_f = GaugeMetricFamily("esker_gpus_free", "GPUs nobody holds now, per type ('' untyped).",
+                                       labels=["type"])
+            for t, a in sorted(availability(gpus, {d for _, d in pairs}).items(), key=lambda kv: kv[0] or ""):
+                if t is None:
+                    continue
+                total_f.add_metric([t], a.total)
+                free_f.add_metric([t], a.free)
+            untyped = [g for g in gpus if not g.type]
+            if untyped:
+                a = availability(untyped, {d for _, d in pairs})[None]
+                total_f.add_metric([""], a.total)
+                free_f.add_metric([""], a.free)
+            yield total_f
+            yield free_f
 
 
 class SparkCollector(Collector):
@@ -549,7 +647,9 @@ def install(runtime=None, registry=REGISTRY, spark_interval: float = 15.0) -> di
             SPAWN_FAILURES.labels(slug, reason)
     collectors: dict[str, Collector] = {
         "servers": ServersCollector(),
-        "gpus": GpuCollector(lambda: rt.ledger, usage_by_device),  # NVML absent: {} and no usage series
+        # NVML absent: {} and no usage series. On Kubernetes, no ledger: the spawners' reports and the exporter.
+        "gpus": (GpuCollector(lambda: rt.ledger, rt.gpu_usage, lambda: rt.gpus) if rt.mode == "embedded" else
+                 GpuCollector(lambda: None, None, None, _dcgm_reader(rt))),
         "prestart": PrestartCollector(lambda: os.path.join(rt.state_dir, "courses.sqlite")),
         "functions": FunctionsCollector(lambda: os.path.join(rt.state_dir, FN_SNAPSHOT)),
     }
@@ -561,6 +661,12 @@ def install(runtime=None, registry=REGISTRY, spark_interval: float = 15.0) -> di
     with _lock:
         _installed.update(collectors)
     return _installed
+
+
+def _dcgm_reader(rt):
+    """(namespace, pod) -> [DeviceUsage] from the DCGM exporter at gpus.metrics_url (Kubernetes), or None."""
+    source = rt.gpu_source()
+    return source.usage_for if source is not None else None
 
 
 _SUFFIXES = {

@@ -17,8 +17,9 @@ from esker.core.plan import Site, SparkSite
 from esker.functions.broker import BrokerAdmin, admin_from_config
 from esker.objectstore.service import StorageService
 from esker.state.ledger import Ledger
+from esker.system.dcgm_source import DcgmSource
 from esker.system.envs import EnvironmentBuilder, cuda_wanted
-from esker.system.gpus import Gpu, configured_gpus
+from esker.system.gpus import Gpu, UsageReader, configured_gpus
 
 log = logging.getLogger("esker")
 
@@ -59,7 +60,21 @@ class Runtime:
     site: Site
     storage: object | None = None  # esker.objectstore.service.StorageService when object storage is enabled
     broker: BrokerAdmin | None = None  # functions.broker's admin client when a url is set
+    gpu_problem: str | None = None  # why this hub hands out no GPU (no driver, NVML failing), for users and operators
     extra: dict = field(default_factory=dict)
+
+    @cached_property
+    def gpu_usage(self) -> UsageReader:
+        """Each device's use now (NVML, embedded mode), shared by the servers' GPU policy and /hub/metrics."""
+        return UsageReader(self.config["gpus"]["metrics_interval"])
+
+    def gpu_source(self) -> DcgmSource | None:
+        """Kubernetes: the DCGM exporter at gpus.metrics_url, read for GPU use per pod; None when unset."""
+        g = self.config["gpus"]
+        if self.mode != "kubernetes" or not g["metrics_url"]:
+            return None
+        return self.extra.get("dcgm") or self.extra.setdefault("dcgm", DcgmSource(g["metrics_url"],
+                                                                                  g["metrics_interval"]))
 
     @cached_property
     def ledger(self) -> Ledger:
@@ -110,12 +125,15 @@ def _runtime(config_file: str, state_dir: str, mode: str, _version: int) -> Runt
         except Exception as e:  # a broken storage set-up must not take the hub down
             log.error("object storage disabled: %s", e)
     broker = admin_from_config(cfg["functions"], os.environ)  # connects at first use (the hub checks it at start)
+    gpus, gpu_problem = (configured_gpus(cfg["gpus"]["devices"], cfg["gpus"]["types"]) if mode == "embedded"
+                         else ([], None))
     return Runtime(
         config=cfg,
         state_dir=state_dir,
         mode=mode,
         catalog=Catalog.from_config(cfg),
-        gpus=configured_gpus(cfg["gpus"]["devices"]) if mode == "embedded" else [],
+        gpus=gpus,
+        gpu_problem=gpu_problem,
         site=Site(mode=mode, spark=spark_site(cfg) if mode == "embedded" else None),
         storage=storage,
         broker=broker,

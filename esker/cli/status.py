@@ -192,10 +192,14 @@ def check_storage(cfg, timeout: float, state_dir: str = "") -> dict:
     return {"status": OK, "endpoint": endpoint, "detail": f"RGW at {endpoint} answers (HTTP {status})"}
 
 
-def check_gpus(cfg, state_dir: str) -> dict:
-    from esker.system.gpus import configured_gpus
+def check_gpus(cfg, state_dir: str, read=None) -> dict:
+    """The hub's GPUs (NVML, or the operator's list), their types, who holds which (the ledger: user and server),
+    and each one's use now where NVML answers; why there are none when there are none."""
+    from esker.core.gpus import availability
+    from esker.system import gpus as gpu_mod
 
-    gpus = configured_gpus(cfg["gpus"]["devices"])
+    kw = {"read": read} if read is not None else {}
+    gpus, problem = gpu_mod.configured_gpus(cfg["gpus"]["devices"], cfg["gpus"]["types"], **kw)
     held: dict[str, str] = {}
     ledger_path = Path(state_dir) / "ledger.sqlite"
     if ledger_path.exists():
@@ -205,12 +209,42 @@ def check_gpus(cfg, state_dir: str) -> dict:
             held = Ledger(ledger_path).held("gpu")
         except Exception as e:  # noqa: BLE001
             return {"status": INFO, "count": len(gpus), "detail": f"{len(gpus)} GPU(s); ledger unreadable ({e})"}
+    usage = {}
+    if cfg["gpus"]["devices"] == "auto" and gpus:
+        try:
+            usage = gpu_mod.usage_from_snapshot((read or gpu_mod.read_nvml)())
+        except gpu_mod.NvmlUnavailable:
+            pass
+    devices = []
+    for g in gpus:
+        owner = held.get(g.id, "")
+        user, _, server = owner.partition("/")
+        d = {"id": g.id, "type": g.type, "product": g.name, "uuid": g.uuid, "user": user, "server": server}
+        u = usage.get(g.id)
+        if u is not None:
+            d.update(utilization=u.utilization, memory_used=u.memory_used, memory_total=u.memory_total,
+                     processes=u.processes)
+        devices.append(d)
     assignments = {dev: owner.split("/", 1)[0] for dev, owner in held.items()}
-    detail = f"{len(gpus)} GPU(s), {len(assignments)} assigned"
-    if assignments:
-        detail += ": " + ", ".join(f"{d}->{u}" for d, u in sorted(assignments.items()))
-    return {"status": INFO, "count": len(gpus), "devices": [g.id for g in gpus], "assigned": assignments,
-            "detail": detail}
+    free = availability(gpus, held)
+    if not gpus:
+        detail = f"no GPU to hand out: {problem}" if problem else "no GPU"
+    else:
+        per_type = ", ".join(f"{t}: {a.free} of {a.total} free" for t, a in sorted(
+            ((k, v) for k, v in free.items() if k is not None), key=lambda kv: kv[0]))
+        detail = f"{len(gpus)} GPU(s), {len(assignments)} assigned" + (f" ({per_type})" if per_type else "")
+        for d in devices:
+            if d["user"]:
+                line = f"{d['id']} -> {d['user']}/{d['server']}" if d["server"] else f"{d['id']} -> {d['user']}"
+                if "utilization" in d:
+                    line += f" ({d['utilization']:.0f}% busy, {d['memory_used'] / 2**30:.1f} GiB, {d['processes']} process(es))"
+                detail += "\n    " + line
+    out = {"status": INFO, "count": len(gpus), "devices": devices, "assigned": assignments,
+           "free": {("" if k is None else k): {"total": v.total, "free": v.free} for k, v in free.items()},
+           "detail": detail}
+    if problem:
+        out["problem"] = problem
+    return out
 
 
 def check_scratch(cfg, state_dir: str) -> dict:
@@ -293,6 +327,16 @@ def render(report: dict) -> str:
 def cmd_status(args) -> int:
     from esker.runtime import default_state_dir
 
+    if args.nvml:
+        from esker.system import gpus as gpu_mod
+
+        try:
+            print(json.dumps(gpu_mod.read_nvml(), indent=2))
+        except gpu_mod.NvmlUnavailable as e:
+            print(f"NVML cannot answer: {e}", file=sys.stderr)
+            return 1
+        return 0
+
     if args.config:
         os.environ["ESKER_CONFIG"] = str(Path(args.config).resolve())
     try:
@@ -313,8 +357,8 @@ def register(sub) -> None:
         "status",
         help="show whether the hub, proxy, Spark, object storage, GPUs and servers are up",
         description="Check the hub (its API), the proxy (the public URL and its API), the Spark master and "
-        "workers (the master's JSON), the Ceph RADOS Gateway when object storage is enabled, the GPUs with "
-        "their assignments (ledger), and the servers running per profile (hub API, needs an admin token). "
+        "workers (the master's JSON), the Ceph RADOS Gateway when object storage is enabled, the GPUs (type, "
+        "who holds which for which server, their use where NVML answers, or why there are none), and the servers running per profile (hub API, needs an admin token). "
         "Environment: ESKER_CONFIG, ESKER_STATE_DIR, ESKER_PORT, ESKER_ADMIN_TOKEN. "
         "Exit status: 0 all up, 1 something is down, 2 the configuration is invalid.",
     )
@@ -324,4 +368,7 @@ def register(sub) -> None:
     p.add_argument("--token", help="admin API token (default: $ESKER_ADMIN_TOKEN)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each component (default 3)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--nvml", action="store_true",
+                   help="print only what NVML answers for this machine's GPUs (products, UUIDs, use, compute "
+                   "processes), as JSON: what the hub reads, and the shape the tests' recorded answers have")
     p.set_defaults(func=cmd_status)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
+from esker.core.gpus import Availability, describe
 from esker.units import parse_size
 
 
@@ -63,6 +64,8 @@ class Profile:
     scratch_keep: bool = False
     gpus: int = 0
     gpu_type: str | None = None
+    gpu_idle_timeout: int | None = None  # this profile's gpu_policy (None: the hub's gpus.policy)
+    gpu_max_runtime: int | None = None
     spark: bool = False
     storage: str = "optional"
     options: tuple[Option, ...] = ()
@@ -111,6 +114,8 @@ def _profile_from_config(p: dict) -> Profile:
         scratch_keep=p["scratch_keep"],
         gpus=p["gpus"],
         gpu_type=p["gpu_type"],
+        gpu_idle_timeout=p.get("gpu_policy", {}).get("idle_timeout"),
+        gpu_max_runtime=p.get("gpu_policy", {}).get("max_runtime"),
         spark=p["spark"],
         storage=p["storage"],
         options=options,
@@ -159,12 +164,30 @@ class Catalog:
                         seen[str(c.override["environment"])] = None
         return list(seen)
 
-    def profile_list(self, user: UserInfo, gpus_available: int | None = None) -> list[dict]:
+    def profile_list(self, user: UserInfo, gpus_available: "int | Mapping[str | None, Availability] | None" = None,
+                     gpu_types: Mapping[str, Mapping] | None = None, gpu_problem: str | None = None) -> list[dict]:
         """The user's profiles in KubeSpawner's ``profile_list`` shape, for the spawn page.
 
-        ``gpus_available`` (embedded mode) marks choices needing more GPUs than the machine has as
-        unavailable instead of hiding them, so a GPU-less laptop shows why the option is greyed out.
+        ``gpus_available`` (embedded mode: GPUs per type, None for any type; a plain count means untyped) marks
+        choices needing more GPUs of their type than the machine has as unavailable instead of hiding them, so a
+        GPU-less laptop shows why the option is greyed out (``gpu_problem``: why there are none), and says how many
+        of each type are free now.
         """
+        if isinstance(gpus_available, int):
+            gpus_available = {None: Availability(gpus_available, gpus_available)}
+        types = gpu_types or {}
+
+        def gpu_note(need: int, gpu_type: str | None) -> tuple[str, str]:
+            """(why unavailable, how many free) for a choice of ``need`` GPUs of ``gpu_type``."""
+            if not need or gpus_available is None:
+                return "", ""
+            a = gpus_available.get(gpu_type, Availability(0, 0))
+            what = describe(gpu_type, types)
+            if need > a.total:
+                why = f"needs {need} {what}{'s' if need > 1 else ''}; this hub has {a.total}"
+                return (why + (f" ({gpu_problem})" if gpu_problem and not a.total else "")), ""
+            return "", f"{a.free} of {a.total} {what}{'s' if a.total > 1 else ''} free"
+
         out = []
         for p in self.for_user(user):
             options = {}
@@ -174,21 +197,18 @@ class Catalog:
                 for c in o.choices:
                     if not user.allowed(c.groups):
                         continue
-                    need = int(c.override.get("gpus", p.gpus))
-                    unavailable = gpus_available is not None and need > gpus_available
+                    unavailable, free = gpu_note(int(c.override.get("gpus", p.gpus)),
+                                                 c.override.get("gpu_type", p.gpu_type))
                     choices[c.name] = {
                         "display_name": c.display_name,
                         "description": c.description,
                         "default": default is not None and c.name == default.name,
-                        "unavailable": (
-                            f"needs {need} GPU{'s' if need > 1 else ''}; this hub has {gpus_available}"
-                            if unavailable
-                            else ""
-                        ),
+                        "unavailable": unavailable,
+                        "gpus_free": free,
                     }
                 if choices:
                     options[o.name] = {"display_name": o.display_name, "choices": choices}
-            need = p.gpus
+            unavailable, free = gpu_note(p.gpus, p.gpu_type)
             out.append(
                 {
                     "slug": p.slug,
@@ -197,11 +217,8 @@ class Catalog:
                     "default": p is self.default_for(user),
                     "image": p.image,
                     "profile_options": options,
-                    "unavailable": (
-                        f"needs {need} GPU{'s' if need > 1 else ''}; this hub has {gpus_available}"
-                        if gpus_available is not None and need > gpus_available
-                        else ""
-                    ),
+                    "unavailable": unavailable,
+                    "gpus_free": free,
                     "limits": {
                         "cpu": p.cpu_limit,
                         "memory": p.mem_limit,

@@ -124,6 +124,13 @@ def _semantic_problems(cfg: dict, images_dir: Path) -> list[str]:
             problems.append(f"{where}: gpu_type {t!r} is not declared under gpus.types")
     if defaults > 1:
         problems.append("profiles: more than one profile is marked default")
+    devices = cfg["gpus"]["devices"]
+    for i, d in enumerate(devices if isinstance(devices, list) else ()):
+        if isinstance(d, dict) and d.get("type") is not None and d["type"] not in gpu_types:
+            problems.append(f"gpus.devices[{i}].type: {d['type']!r} is not declared under gpus.types")
+    ids = [str(d["id"] if isinstance(d, dict) else d) for d in (devices if isinstance(devices, list) else ())]
+    for dup in sorted({x for x in ids if ids.count(x) > 1}):
+        problems.append(f"gpus.devices: device {dup!r} is listed more than once")
     hub = cfg["hub"]
     if hub["ip"] not in ("127.0.0.1", "localhost", "::1") and not os.environ.get("ESKER_ALLOW_PUBLIC"):
         # Secure by default: exposing the hub is a deliberate act, not a typo.

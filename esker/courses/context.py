@@ -24,7 +24,7 @@ class ServiceState:
         self.catalog = Catalog.from_config(cfg)
         self.store = CourseStore.for_state_dir(state_dir)
         try:
-            ngpu = len(configured_gpus(cfg["gpus"]["devices"]))
+            ngpu = len(configured_gpus(cfg["gpus"]["devices"], cfg["gpus"]["types"])[0])
         except Exception:
             ngpu = 0
         self.capacity = machine_capacity(cfg, state_dir, ngpu)

@@ -10,7 +10,10 @@ this class in front of its JupyterHub spawner and adds only placement and lifecy
   :meth:`esker_prepare_services` and released in reverse by :meth:`esker_release`;
 - :meth:`esker_prepare` places the server: runs the services and sets ``self.plan`` (before it starts);
 - :meth:`esker_release` gives back what was taken (after stop, or after a failed start; safe to call twice);
-- :meth:`gpu_capacity` says how many GPUs exist (``None``: the cluster's scheduler decides).
+- :meth:`gpu_capacity` says how many GPUs exist (``None``: the cluster's scheduler decides), and
+  :meth:`gpu_availability` how many of each type, and how many are free;
+- :meth:`esker_gpu_usage` reads the use of the server's GPUs, for the GPU policy (:meth:`esker_gpu_policy_check`,
+  run at every poll: servers whose GPUs stay idle, or that run past the policy's maximum, are stopped).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from traitlets import Unicode, default
 from esker import metrics, resources
 from esker.core.catalog import Catalog, UserInfo
 from esker.core.config import EskerConfig
+from esker.core import gpus as gpu_policy
 from esker.core.functions import FUNCTION_SERVER, function_of_server, split_options  # noqa: F401 (FUNCTION_SERVER: for backends)
 from esker.core.plan import OptionError, Placement, Selection, select
 from esker.core.services import Service
@@ -52,6 +56,10 @@ _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
     autoescape=True,
 )
+
+
+# "user/server" -> why the GPU policy stopped it (see EskerSpawner.esker_policy_stop).
+_POLICY_STOPS: dict[str, dict] = {}
 
 
 def options_from_form(form_data: dict) -> dict:
@@ -148,14 +156,28 @@ class EskerSpawner(Spawner):
         """GPUs this hub hands out; ``None`` when a scheduler elsewhere decides (Kubernetes)."""
         return None
 
+    def gpu_availability(self) -> Mapping[str | None, gpu_policy.Availability] | None:
+        """GPUs per type (None: all types) and how many are free now; ``None`` when a scheduler decides."""
+        return None
+
     def esker_courses(self) -> list[Course]:
         """Every course: esker.yaml's, with the courses service's run-time changes."""
         return effective_courses(self.esker_config, self.state_dir)
 
     # -- the spawn form -------------------------------------------------------------------------------
     def _render_options_form(self, spawner=None):
-        profiles = self.catalog.profile_list(self.esker_user, gpus_available=self.gpu_capacity())
-        return _TEMPLATES.get_template("profiles.html").render(profiles=profiles)
+        rt = self.runtime
+        profiles = self.catalog.profile_list(self.esker_user, gpus_available=self.gpu_availability(),
+                                             gpu_types=rt.config["gpus"]["types"], gpu_problem=rt.gpu_problem)
+        return _TEMPLATES.get_template("profiles.html").render(profiles=profiles, notice=self._esker_notice())
+
+    def _esker_notice(self) -> str:
+        """Why this user's last server was stopped by the GPU policy, while it is recent news (a day)."""
+        stop = self.esker_policy_stop
+        if not stop or time.time() - stop["at"] > 86400:
+            return ""
+        at = datetime.fromtimestamp(stop["at"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return f"Your last {stop['profile']} server was stopped at {at} by this hub's GPU policy: {stop['message']}."
 
     # -- validation: before anything is taken ---------------------------------------------------------
     def esker_select(self, user_options: Any) -> Selection:
@@ -178,11 +200,15 @@ class EskerSpawner(Spawner):
         except OptionError as e:
             metrics.spawn_refused((user_options or {}).get("profile", ""), "options")
             raise web.HTTPError(e.status, str(e)) from None
-        gpus = self.gpu_capacity()
-        if gpus is not None and sel.gpus > gpus:
-            metrics.spawn_refused(sel.profile.slug, "no_gpu")
-            raise web.HTTPError(409, f"{sel.profile.display_name} with {sel.gpus} GPU(s) cannot start here: "
-                                f"this hub has {gpus} GPU(s)")
+        avail = self.gpu_availability() if sel.gpus else None
+        if avail is not None:
+            a = avail.get(sel.gpu_type, gpu_policy.Availability(0, 0))
+            if sel.gpus > a.total:
+                metrics.spawn_refused(sel.profile.slug, "no_gpu")
+                what = gpu_policy.describe(sel.gpu_type, self.esker_config["gpus"]["types"])
+                why = f" ({self.runtime.gpu_problem})" if self.runtime.gpu_problem and not a.total else ""
+                raise web.HTTPError(409, f"{sel.profile.display_name} with {sel.gpus} {what}(s) cannot start here: "
+                                    f"this hub has {a.total} {what}(s), {a.free} free{why}")
         self._esker_selected = (key, sel)
         self.selection = sel
         return sel
@@ -329,6 +355,10 @@ class EskerSpawner(Spawner):
         try:
             sel = self.esker_select(self.user_options)
             started = metrics.spawn_started(sel.profile.slug)
+            notice = self._esker_notice()
+            if notice:
+                self.esker_event(1, notice)
+                self.esker_policy_stop = None  # said once
             self.esker_event(2, f"Preparing {sel.profile.display_name} for {self.user.name}")
             url = await self._esker_start_within(sel, self._esker_start(sel))
             metrics.watch_ready(self, sel.profile.slug, started, key=self.owner_key)
@@ -429,8 +459,79 @@ class EskerSpawner(Spawner):
         """Whether this server holds something :meth:`esker_release` gives back."""
         return self.plan is not None
 
+    # -- the GPU policy -------------------------------------------------------------------------------
+    @property
+    def esker_policy_stop(self) -> dict | None:
+        """{at, reason, message, profile} when the GPU policy stopped this server last: shown on the next spawn page
+        and in its progress. Kept by the hub process, not the spawner object, which JupyterHub may make anew."""
+        return _POLICY_STOPS.get(self.owner_key)
+
+    @esker_policy_stop.setter
+    def esker_policy_stop(self, value: dict | None) -> None:
+        if value is None:
+            _POLICY_STOPS.pop(self.owner_key, None)
+        else:
+            _POLICY_STOPS[self.owner_key] = value
+
+    _esker_gpu_idle_from: float | None = None  # wall clock; from the first idle sample (a hub restart starts over)
+
+    def esker_gpus_held(self) -> int:
+        """How many GPUs this server holds (the backend knows)."""
+        if self.plan is not None:
+            return self.plan.gpus
+        return self.selection.gpus if self.selection is not None else 0  # after a hub restart, from the stored options
+
+    async def esker_gpu_usage(self) -> list[gpu_policy.DeviceUsage] | None:
+        """The use of this server's GPUs now; None when nothing reads it (no NVML, no exporter)."""
+        return None
+
+    def esker_gpu_policy(self) -> gpu_policy.GpuPolicy:
+        p = self.selection.profile if self.selection is not None else None
+        return gpu_policy.GpuPolicy.of(self.esker_config["gpus"]["policy"],
+                                       {"idle_timeout": p.gpu_idle_timeout, "max_runtime": p.gpu_max_runtime} if p else None)
+
+    async def esker_gpu_policy_check(self) -> gpu_policy.Verdict | None:
+        """One look at the server's GPUs (at each poll, while it runs): the verdict when the policy says stop."""
+        held = self.esker_gpus_held()
+        policy = self.esker_gpu_policy()
+        if not held or not policy.active:
+            self._esker_gpu_idle_from = None
+            return None
+        now = time.time()
+        usage = await self.esker_gpu_usage() if policy.idle_timeout else None
+        self._esker_gpu_idle_from = gpu_policy.idle_since(self._esker_gpu_idle_from, usage, held, now)
+        metrics.gpu_idle(self.owner_key, now - self._esker_gpu_idle_from if self._esker_gpu_idle_from else 0.0)
+        return gpu_policy.judge(policy, started=self.esker_started_at(), idle_from=self._esker_gpu_idle_from, now=now)
+
+    def esker_started_at(self) -> float | None:
+        """When this server's start began (JupyterHub's record, which outlives a hub restart), as a timestamp."""
+        started = getattr(self.orm_spawner, "started", None) if self.orm_spawner is not None else None
+        return started.replace(tzinfo=timezone.utc).timestamp() if started is not None else None
+
+    async def _esker_enforce_gpu_policy(self) -> int | None:
+        """Stop the server when the GPU policy says so; its exit status then (the hub cleans up as for a server
+        that ended), else None."""
+        try:
+            verdict = await self.esker_gpu_policy_check()
+        except Exception:  # a failing reader must not stop anyone
+            self.log.exception("%s: checking the GPU policy failed", self._log_name)
+            return None
+        if verdict is None:
+            return None
+        profile = self.selection.profile.display_name if self.selection is not None else "notebook"
+        self.log.warning("%s: stopped by the GPU policy (%s): %s", self._log_name, verdict.reason, verdict.message)
+        self.esker_policy_stop = {"at": time.time(), "reason": verdict.reason, "message": verdict.message,
+                                  "profile": profile}
+        metrics.gpu_server_stopped(verdict.reason)
+        self._esker_gpu_idle_from = None
+        await self.stop()
+        status = await super().poll()
+        return status if status is not None else 0
+
     async def poll(self):
         status = await super().poll()
+        if status is None and self.selection is not None and not getattr(self, "_spawn_pending", False):
+            status = await self._esker_enforce_gpu_policy()
         if status is None and self.selection is not None:
             metrics.server_running(self.owner_key, self.selection.profile.slug)
         elif status is not None:

@@ -13,6 +13,7 @@ forged profile, option, ``--unlisted-choice`` value or GPU count has nothing to 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 from typing import Any, Mapping
@@ -22,6 +23,7 @@ from kubespawner import KubeSpawner
 from kubespawner.clients import shared_client
 from traitlets import Unicode, default
 
+from esker import metrics
 from esker.core.plan import LaunchPlan, Placement, Selection, build_plan, with_grants
 from esker.courses.model import Course, courses_for
 from esker.spark.cluster import new_credentials
@@ -296,6 +298,20 @@ class EskerKubeSpawner(EskerSpawner, KubeSpawner):
                     await api.create_namespaced_secret(self.namespace, obj)
         self.plan = self.esker_launch_plan
 
+    async def start(self):
+        url = await super().start()
+        if self.plan is not None and self.plan.gpus:  # the DCGM exporter's series of this pod are its GPUs
+            metrics.gpu_pod(self.owner_key, self.namespace, self.pod_name)
+            metrics.gpu_assigned(self.owner_key, [str(i) for i in range(self.plan.gpus)])
+        return url
+
+    async def esker_gpu_usage(self):
+        source = self.runtime.gpu_source()
+        if source is None:
+            return None
+        return (await asyncio.to_thread(source.usage_for, self.namespace, self.pod_name)) or None
+
     async def esker_release(self) -> None:
         await super().esker_release()
+        metrics.gpu_released(self.owner_key)
         self._esker_grants, self.plan = {}, None

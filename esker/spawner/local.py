@@ -15,6 +15,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Any, Bool, Integer, Unicode, default
 
 from esker import metrics
+from esker.core import gpus as gpu_policy
 from esker.core.plan import LaunchPlan, OptionError, Placement, Selection, build_plan, select
 from esker.courses.content import prepare_course_content
 from esker.spark import cluster as spark_cluster
@@ -33,6 +34,7 @@ from esker.spawner.services import (
 from esker.system import accounts, scratch
 from esker.system.ports import port_open
 from esker.system.cgroups import Group, Limiter
+from esker.system.devices import DeviceRuleError
 
 
 class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
@@ -76,6 +78,28 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
     def gpu_capacity(self) -> int:
         return len(self.runtime.gpus)
 
+    def gpu_availability(self):
+        rt = self.runtime
+        try:
+            held = rt.ledger.held("gpu")
+        except Exception as e:  # an unreadable ledger: everything counts as taken, the assignment then says why
+            self.log.warning("GPU ledger unreadable: %s", e)
+            held = {g.id: "?" for g in rt.gpus}
+        return gpu_policy.availability(rt.gpus, held)
+
+    def esker_gpus_held(self) -> int:
+        return len(self.gpu_devices)
+
+    async def esker_gpu_usage(self):
+        usage = await asyncio.to_thread(self.runtime.gpu_usage)
+        found = [usage[d] for d in self.gpu_devices if d in usage]
+        return found or None
+
+    def _gpu_minors(self) -> tuple[int, ...]:
+        """The device nodes (/dev/nvidiaN) this server's cgroup allows: its own GPUs' only."""
+        by_id = {g.id: g for g in self.runtime.gpus}
+        return tuple(sorted(by_id[d].minor for d in self.gpu_devices if d in by_id and by_id[d].minor is not None))
+
     def _account(self) -> accounts.Account:
         cfg = self.esker_config
         name = account_name(cfg, self.user.name)
@@ -109,9 +133,10 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         for path, text in self.plan.files.items():  # secrets for the user alone: 0600 files, never argv
             await asyncio.to_thread(scratch.write_private, placement.scratch_dir, path, text, uid, gid)
         if not self.developer_mode:
-            limiter = rt.extra.setdefault("limiter", Limiter())
+            limiter = rt.extra.get("limiter") or rt.extra.setdefault("limiter", Limiter())
+            # Born with its device rule, before anything joins it: this server's GPUs only (none: no GPU at all).
             self.cgroup = await asyncio.to_thread(limiter.create, self.owner_key, self.plan.cpu_limit,
-                                                  self.plan.mem_limit)
+                                                  self.plan.mem_limit, self._gpu_minors())
         # A function's named server runs the function server from the same environment (docs/functions.md).
         self.cmd = ([os.path.join(env.bin, "python"), "-m", FUNCTION_SERVER] if sel.function
                     else [os.path.join(env.bin, "jupyterhub-singleuser")])
@@ -274,7 +299,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
             if self.bucket_mounts:
                 state["mounts"] = list(self.bucket_mounts)
             if self.cgroup is not None:
-                state["cgroup"] = {"paths": list(self.cgroup.paths), "version": self.cgroup.version}
+                state["cgroup"] = self.cgroup.to_state()
         return state
 
     def load_state(self, state):
@@ -288,7 +313,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
             metrics.spark_cluster_started(self.owner_key, self.spark_cluster["master_ui_port"],
                                           self.spark_cluster["ui_key"])
         if state.get("cgroup"):
-            self.cgroup = Group(tuple(state["cgroup"]["paths"]), state["cgroup"]["version"])
+            self.cgroup = Group.from_state(state["cgroup"])
         if state.get("options") is not None:
             try:
                 self.selection = select(self.catalog, self.esker_user, state["options"])
@@ -298,3 +323,11 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
             conflicts = self.runtime.ledger.claim("gpu", self.owner_key, self.gpu_devices)
             if conflicts:
                 self.log.error("%s: GPU(s) %s are recorded for another server", self._log_name, conflicts)
+        if self.cgroup is not None and self.pid:
+            # The rule outlives the hub (it is the cgroup's); checked, and put back if it is missing, so a restart
+            # never leaves a server with every GPU open.
+            limiter = self.runtime.extra.get("limiter") or self.runtime.extra.setdefault("limiter", Limiter())
+            try:
+                self.cgroup = limiter.restrict_devices(self.cgroup, self._gpu_minors())
+            except DeviceRuleError as e:
+                self.log.error("%s: its GPU device rule could not be checked: %s", self._log_name, e)

@@ -16,6 +16,7 @@ from dataclasses import replace
 from tornado import web
 
 from esker import metrics
+from esker.core import gpus as gpu_policy
 from esker.core.functions import function_of_server
 from esker.core.plan import Placement, Selection, with_grants
 from esker.courses.content import course_grant
@@ -225,7 +226,8 @@ class OwnSpark:
 
 
 class LocalGpus:
-    """GPU ids from the hub's ledger (persistent: a restart cannot hand one out twice)."""
+    """GPU ids from the hub's ledger (persistent: a restart cannot hand one out twice), of the type the selection
+    asks for; the server's cgroup then allows only these devices (esker.system.devices, set by the backend)."""
 
     name = "gpus"
 
@@ -233,14 +235,19 @@ class LocalGpus:
         if not sel.gpus:
             return placement
         rt = sp.runtime
+        types = rt.config["gpus"]["types"]
         try:
             sp.gpu_devices = await asyncio.to_thread(rt.ledger.assign, "gpu", sp.owner_key, sel.gpus,
-                                                     [g.id for g in rt.gpus])
+                                                     gpu_policy.pool(rt.gpus, sel.gpu_type))
         except NoCapacity as e:
-            raise web.HTTPError(503, f"No GPU is free for {sel.profile.display_name}: {e}. "
+            what = gpu_policy.describe(sel.gpu_type, types)
+            raise web.HTTPError(503, f"No {what} is free for {sel.profile.display_name}: {e}. "
                                 "Try the CPU-only choice or come back later.") from None
-        sp.esker_event(65, f"GPU(s) {', '.join(sp.gpu_devices)} assigned")
-        return replace(placement, gpu_devices=tuple(sp.gpu_devices))
+        by_id = {g.id: g for g in rt.gpus}
+        names = [f"{d} ({by_id[d].name})" if d in by_id and by_id[d].name else d for d in sp.gpu_devices]
+        sp.esker_event(65, f"GPU(s) {', '.join(names)} assigned")
+        # CUDA_VISIBLE_DEVICES names them by UUID where NVML gave one (see esker.core.gpus.Gpu.visible_id).
+        return replace(placement, gpu_devices=tuple(by_id[d].visible_id if d in by_id else d for d in sp.gpu_devices))
 
     async def release(self, sp) -> None:
         await asyncio.to_thread(sp.runtime.ledger.release, "gpu", sp.owner_key)

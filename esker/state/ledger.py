@@ -42,7 +42,7 @@ class Ledger:
             taken = {item for item, _ in rows}
             free = [item for item in pool if item not in taken]
             if len(free) < count:
-                holders = sorted({o.split("/")[0] for _, o in rows})
+                holders = sorted({o.split("/")[0] for i, o in rows if i in pool})
                 raise NoCapacity(
                     f"{count} {kind}(s) requested but {len(free)} of {len(pool)} free"
                     + (f" (in use by {', '.join(holders)})" if holders else "")

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "monitoring" / "dashboards" / "esker-hub.json"
 CHART_DASHBOARD = ROOT / "helm" / "esker" / "files" / "dashboards" / "esker-hub.json"
 ESKER = str(ROOT / ".venv" / "bin" / "esker")
-NVML_ONLY = {"esker_gpu_utilization_ratio", "esker_gpu_memory_used_bytes"}
+NVML_ONLY = {"esker_gpu_utilization_ratio", "esker_gpu_memory_used_bytes", "esker_gpu_memory_total_bytes",
+             "esker_gpu_processes"}
 
 MASTER_JSON = {
     "url": "spark://127.0.0.1:7077", "status": "ALIVE", "cores": 4, "coresused": 1, "memory": 4096,
@@ -130,21 +131,62 @@ class FakeLedger:
 
 
 def test_gpu_collector_joins_ledger_and_nvml():
+    from esker.core.gpus import DeviceUsage, Gpu
+
     reg = CollectorRegistry()
-    usage = {"0": {"utilization": 75.0, "memory_used": 2e9}, "1": {"utilization": 0.0, "memory_used": 0.0}}
-    reg.register(metrics.GpuCollector(lambda: FakeLedger({"0": "alice/", "1": "bob/train"}), lambda: usage))
-    assert sample("esker_gpu_assigned", {"user": "alice", "device": "0"}, reg) == 1
-    assert sample("esker_gpu_assigned", {"user": "bob", "device": "1"}, reg) == 1
-    assert sample("esker_gpu_utilization_ratio", {"user": "alice", "device": "0"}, reg) == 0.75
-    assert sample("esker_gpu_memory_used_bytes", {"user": "alice", "device": "0"}, reg) == 2e9
+    usage = {"0": DeviceUsage("0", 75.0, int(2e9), int(80e9), 1), "1": DeviceUsage("1", 0.0, 0, int(80e9), 0)}
+    gpus = [Gpu("0", type="a100"), Gpu("1", type="a100"), Gpu("2", type="h200")]
+    reg.register(metrics.GpuCollector(lambda: FakeLedger({"0": "alice/", "1": "bob/train"}), lambda: usage,
+                                      lambda: gpus))
+    alice = {"user": "alice", "server": "", "device": "0", "type": "a100"}
+    assert sample("esker_gpu_assigned", alice, reg) == 1
+    assert sample("esker_gpu_assigned", {"user": "bob", "server": "train", "device": "1", "type": "a100"}, reg) == 1
+    assert sample("esker_gpu_utilization_ratio", alice, reg) == 0.75
+    assert sample("esker_gpu_memory_used_bytes", alice, reg) == 2e9
+    assert sample("esker_gpu_memory_total_bytes", alice, reg) == 80e9
+    assert sample("esker_gpu_processes", alice, reg) == 1
+    assert sample("esker_gpus_total", {"type": "a100"}, reg) == 2 and sample("esker_gpus_free", {"type": "a100"}, reg) == 0
+    assert sample("esker_gpus_total", {"type": "h200"}, reg) == 1 and sample("esker_gpus_free", {"type": "h200"}, reg) == 1
+    metrics.gpu_idle("bob/train", 42.0)
+    assert sample("esker_gpu_idle_seconds", {"user": "bob", "server": "train"}, reg) == 42.0
+    metrics.gpu_released("bob/train")
+    assert reg.get_sample_value("esker_gpu_idle_seconds", {"user": "bob", "server": "train"}) is None
     # the spawner's reports count too (no ledger reachable), and release removes them
     reg2 = CollectorRegistry()
     reg2.register(metrics.GpuCollector(lambda: None, lambda: {}))
     metrics.gpu_assigned("frank/", ["3"])
-    assert sample("esker_gpu_assigned", {"user": "frank", "device": "3"}, reg2) == 1
-    assert reg2.get_sample_value("esker_gpu_utilization_ratio", {"user": "frank", "device": "3"}) is None  # no NVML
+    frank = {"user": "frank", "server": "", "device": "3", "type": ""}
+    assert sample("esker_gpu_assigned", frank, reg2) == 1
+    assert reg2.get_sample_value("esker_gpu_utilization_ratio", frank) is None  # no NVML
     metrics.gpu_released("frank/")
-    assert reg2.get_sample_value("esker_gpu_assigned", {"user": "frank", "device": "3"}) is None
+    assert reg2.get_sample_value("esker_gpu_assigned", frank) is None
+
+
+def test_gpu_collector_on_kubernetes_reads_the_pods_series():
+    """No ledger on Kubernetes: a server's pod is its GPUs, named by UUID in the DCGM exporter's series."""
+    from esker.core.gpus import DeviceUsage
+
+    reg = CollectorRegistry()
+    seen = []
+
+    def pod_usage(ns, pod):
+        seen.append((ns, pod))
+        return [DeviceUsage("GPU-8e1c", 30.0, 1 << 30, 40 << 30, None)] if pod == "jupyter-gina" else []
+
+    reg.register(metrics.GpuCollector(lambda: None, None, None, pod_usage))
+    metrics.gpu_pod("gina/", "esker", "jupyter-gina")
+    metrics.gpu_assigned("gina/", ["0"])
+    try:
+        gina = {"user": "gina", "server": "", "device": "GPU-8e1c", "type": ""}
+        assert sample("esker_gpu_assigned", gina, reg) == 1
+        assert reg.get_sample_value("esker_gpu_assigned", {**gina, "device": "0"}) is None  # the UUID stands for it
+        assert sample("esker_gpu_utilization_ratio", gina, reg) == 0.3
+        assert reg.get_sample_value("esker_gpu_processes", gina) is None  # DCGM has no process count
+        assert ("esker", "jupyter-gina") in seen
+    finally:
+        metrics.gpu_released("gina/")
+    assert reg.get_sample_value("esker_gpu_assigned", {"user": "gina", "server": "", "device": "GPU-8e1c",
+                                                        "type": ""}) is None
 
 
 def test_spark_collector_caches_and_reports_down():
@@ -248,8 +290,10 @@ def every_metric_name() -> set[str]:
 
     reg = CollectorRegistry()
     reg.register(metrics.ServersCollector())
-    reg.register(metrics.GpuCollector(lambda: FakeLedger({"0": "a/"}), lambda: {"0": {"utilization": 1.0,
-                                                                                      "memory_used": 1.0}}))
+    from esker.core.gpus import DeviceUsage, Gpu
+
+    reg.register(metrics.GpuCollector(lambda: FakeLedger({"0": "a/"}), lambda: {"0": DeviceUsage("0", 1.0, 1, 2, 1)},
+                                      lambda: [Gpu("0")]))
     reg.register(metrics.SparkCollector(1, fetch=lambda p, t: MASTER_JSON))
     from esker.functions import stats as fn_stats
     snap = os.path.join(tempfile.mkdtemp(prefix="esker-fn-metrics-"), "functions-metrics.json")

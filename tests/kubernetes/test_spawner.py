@@ -574,3 +574,76 @@ def test_a_function_servers_broker_password_is_in_its_secret_not_in_the_pod(tmp_
     assert "pw-pw-" not in yaml.safe_dump(pod)
     (sec,) = [o for o in others if o["kind"] == "Secret"]
     assert base64.b64decode(sec["data"]["ESKER_FUNCTION_BROKER_PASSWORD"]).decode() == "pw-" * 12
+
+
+EXPORTER_PAGE = """# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{{gpu="0",UUID="GPU-1f7c",pci_bus_id="00000000:07:00.0",device="nvidia0",modelName="NVIDIA A100-SXM4-40GB",Hostname="gpu-node-1",container="notebook",namespace="default",pod="jupyter-alice"}} {util}
+# HELP DCGM_FI_DEV_FB_FREE Framebuffer memory free (in MiB).
+# TYPE DCGM_FI_DEV_FB_FREE gauge
+DCGM_FI_DEV_FB_FREE{{gpu="0",UUID="GPU-1f7c",pci_bus_id="00000000:07:00.0",device="nvidia0",modelName="NVIDIA A100-SXM4-40GB",Hostname="gpu-node-1",container="notebook",namespace="default",pod="jupyter-alice"}} {free}
+# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).
+# TYPE DCGM_FI_DEV_FB_USED gauge
+DCGM_FI_DEV_FB_USED{{gpu="0",UUID="GPU-1f7c",pci_bus_id="00000000:07:00.0",device="nvidia0",modelName="NVIDIA A100-SXM4-40GB",Hostname="gpu-node-1",container="notebook",namespace="default",pod="jupyter-alice"}} {used}
+"""
+
+
+def test_the_gpu_policy_reads_the_dcgm_exporter_on_kubernetes(tmp_path):
+    """The same policy as on one machine: the server's pod's series from a real HTTP exporter page; busy, then
+    idle past the timeout (the idle clock moved back rather than waited for), then stopped; max_runtime alone
+    needs no exporter."""
+    import http.server
+    import threading
+    import time as _time
+
+    page = {"util": 87, "used": 30000, "free": 10960}
+
+    class Exporter(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = EXPORTER_PAGE.format(**page).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    async def run():
+        cfg = write_config(tmp_path, gpus={"metrics_url": f"http://127.0.0.1:{srv.server_port}/metrics",
+                                           "metrics_interval": 5, "policy": {"idle_timeout": 600}})
+        sp = spawner_for(cfg, profile="tensorflow", gpus="1")
+        sp.esker_select(sp.user_options)
+        sp.namespace, sp.pod_name = "default", "jupyter-alice"
+        source = sp.runtime.gpu_source()
+        assert sp.esker_gpus_held() == 1 and source is not None
+        assert await sp.esker_gpu_policy_check() is None  # busy
+        [u] = await sp.esker_gpu_usage()
+        assert (u.device, u.utilization, u.memory_used) == ("GPU-1f7c", 87.0, 30000 * 2**20)
+        page.update(util=0, used=3, free=40957)  # the notebook freed its model: no context left
+        source._tried_at = None  # read again at the next look (rather than wait out metrics_interval)
+        assert await sp.esker_gpu_policy_check() is None  # idle from now
+        assert sp._esker_gpu_idle_from is not None
+        sp._esker_gpu_idle_from -= 601
+        verdict = await sp.esker_gpu_policy_check()
+        assert verdict is not None and verdict.reason == "idle"
+        # max_runtime, with no exporter at all
+        cfg2 = write_config(tmp_path, name="b.yaml", gpus={"policy": {"idle_timeout": 0, "max_runtime": 3600}})
+        sp2 = spawner_for(cfg2, profile="tensorflow", gpus="1")
+        sp2.esker_select(sp2.user_options)
+
+        started = {"at": _time.time() - 3601}
+        sp2.esker_started_at = lambda: started["at"]  # JupyterHub's record of when the server started
+        assert sp2.runtime.gpu_source() is None
+        verdict = await sp2.esker_gpu_policy_check()
+        assert verdict is not None and verdict.reason == "max_runtime"
+        started["at"] = _time.time()
+        assert await sp2.esker_gpu_policy_check() is None
+
+    try:
+        asyncio.run(run())
+    finally:
+        srv.shutdown()
