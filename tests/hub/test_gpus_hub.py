@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import stat
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -66,6 +67,25 @@ for name in sorted(os.listdir({nodes!r})):
 for dev in ("/dev/null", "/dev/urandom"):
     os.close(os.open(dev, os.O_RDONLY))
 print("NODES" + json.dumps(out))
+"""
+# The same from a Spark executor of the server (its own worker's JVM starts the Python worker that runs this).
+EXECUTOR_NODES = """
+import errno, json, os
+from pyspark.sql import SparkSession
+def probe(_):
+    import errno, os
+    out = {{}}
+    for name in sorted(os.listdir({nodes!r})):
+        try:
+            os.close(os.open(os.path.join({nodes!r}, name), os.O_RDWR))
+            out[name] = "opened"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno]
+    out["pid"] = os.getpid()
+    return [out]
+spark = SparkSession.builder.getOrCreate()
+print("EXEC" + json.dumps(spark.sparkContext.parallelize([0], 1).mapPartitions(probe).collect()[0]))
+spark.stop()
 """
 ALLOWED = {"ENXIO", "ENODEV"}  # the cgroup let the open through; no driver answers for the node
 
@@ -124,6 +144,21 @@ def devices_cgroup(h, name) -> Path | None:
     return next((Path(p) for p in paths if "/devices/" in p), None)
 
 
+def open_in_group(group: Path, node: str) -> str:
+    """Open ``node`` from a process of nobody's in the devices cgroup ``group`` (while the hub is down, when no
+    server's kernel can be reached): the errno's name, or "opened"."""
+    code = ("import errno, os\ntry:\n    os.close(os.open(%r, os.O_RDWR)); print('opened')\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno])" % node)
+
+    def enter():
+        Path(group, "cgroup.procs").write_text(str(os.getpid()))
+        os.setgid(65534)
+        os.setuid(65534)
+
+    return subprocess.run(["/usr/bin/python3", "-c", code], preexec_fn=enter, capture_output=True, text=True,
+                          timeout=60).stdout.strip()
+
+
 def wait_for(what, check, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,7 +174,7 @@ def test_types_refusals_device_rules_sigkill_and_restart(gpu_hub):
         hub.ensure_user(u, groups=["gpu-users"])
     hub.spawn("gpa", {"profile": "tensorflow", "gpus": "1"})  # any type: the first free
     hub.spawn("gpb", {"profile": "tensorflow", "gpus": "h200"})
-    hub.spawn("gpd", {"profile": "minimal"})
+    hub.spawn("gpd", {"profile": "spark"})
     assert held(h) == {"0": "gpa/", "2": "gpb/"}
 
     # More of a type than the hub has: 409 with what is free. None of it free: 503 with who holds it.
@@ -165,6 +200,10 @@ def test_types_refusals_device_rules_sigkill_and_restart(gpu_hub):
     assert b["nvidia2"] in ALLOWED and b["nvidia0"] == b["nvidia1"] == "EPERM"
     d = nodes_seen(h, "gpd")  # no GPU asked for: none at all
     assert d["nvidia0"] == d["nvidia1"] == d["nvidia2"] == "EPERM" and d["nvidiactl"] in ALLOWED
+    out = run_code(url(h, "gpd"), hub.user_token("gpd"), EXECUTOR_NODES.format(nodes=h.nodes))
+    assert "EXEC" in out["stdout"], out
+    e = json.loads(out["stdout"].split("EXEC", 1)[1])  # from his Spark executor: the same rule
+    assert e["nvidia0"] == e["nvidia1"] == e["nvidia2"] == "EPERM" and e["nvidiactl"] in ALLOWED
     out = run_code(url(h, "gpd"), hub.user_token("gpd"), "import os; os.environ.pop('CUDA_VISIBLE_DEVICES', None); "
                    f"os.open({h.nodes!r} + '/nvidia2', os.O_RDWR)")
     assert "PermissionError" in (out.get("error") or "") + out["stderr"] + out["stdout"]
@@ -177,13 +216,16 @@ def test_types_refusals_device_rules_sigkill_and_restart(gpu_hub):
     wait_for("gpa's GPU released", lambda: "0" not in held(h))
     wait_for("gpa's cgroup removed", lambda: not cg_a.exists())
 
-    # A restart keeps gpb's assignment and its device rule.
+    # A restart keeps gpb's assignment and its device rule, and puts the rule back where it went missing while
+    # the hub was down (here: gpb's cgroup opened to every device by hand).
     cg_b = devices_cgroup(h, "gpb")
-    rules = (cg_b / "devices.list").read_text()
+    assert open_in_group(cg_b, f"{h.nodes}/nvidia0") == "EPERM"
     h.stop_hub()
+    (cg_b / "devices.allow").write_text("a")
+    assert open_in_group(cg_b, f"{h.nodes}/nvidia0") in ALLOWED  # the rule is gone
     h.start()
+    assert open_in_group(cg_b, f"{h.nodes}/nvidia0") == "EPERM"  # and back
     assert held(h) == {"2": "gpb/"}
-    assert (cg_b / "devices.list").read_text() == rules
     b = nodes_seen(h, "gpb")
     assert b["nvidia2"] in ALLOWED and b["nvidia0"] == b["nvidia1"] == "EPERM"
     hub.spawn("gpc", {"profile": "tensorflow", "gpus": "2"})  # both A100s: 0 came back
