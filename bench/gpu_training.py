@@ -5,7 +5,9 @@ side in one run (issue: "training runs on it at the speed of a bare process on t
   fresh kernel of the server: its account, its cgroup (CPU and memory limits, the GPU device rule), its
   environment, CUDA_VISIBLE_DEVICES as the hub set it;
 * "bare process": the same loop (`esker bench`'s Keras CNN on synthetic data) with the same environment's
-  python, as root, outside any cgroup, with the same CUDA_VISIBLE_DEVICES.
+  python, as root, outside any cgroup, with the same CUDA_VISIBLE_DEVICES;
+* "bare, server's cgroup": that process again, as the server's account inside the server's cgroup (its limits
+  and device rule), but not in a kernel: it tells the cgroup's share of a gap from the kernel's.
 
 Sides alternate (which goes first swaps every round), --rounds each; the table shows samples/s as median
 (min-max), and the ratio of medians. Then the isolation check: a second user's server (CPU only) opens the first
@@ -37,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SIDES = ("spawned server", "bare process")
+SIDES = ("spawned server", "bare process", "bare, server's cgroup")
 OPEN_NODE = """
 import errno, os
 try:
@@ -76,10 +78,10 @@ def plot(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
     med = [s["median"] for s in summary]
     err = [[m - s["min"] for m, s in zip(med, summary)], [s["max"] - m for m, s in zip(med, summary)]]
-    ax.bar(range(len(summary)), med, yerr=err, capsize=5, color=["#4c72b0", "#dd8452"][: len(summary)])
+    ax.bar(range(len(summary)), med, yerr=err, capsize=5, color=["#4c72b0", "#dd8452", "#55a868"][: len(summary)])
     ax.set_xticks(range(len(summary)), [f"{s['side']}\n({s['device']})" for s in summary], fontsize=8)
     ax.set_ylabel("samples/s (median, min-max)")
     ratio = next((s["ratio"] for s in summary if s["side"] == SIDES[0]), None)
@@ -138,14 +140,29 @@ def main(argv=None) -> int:
         code = TF_CODE.format(samples=args.samples, epochs=args.epochs)
         bare_env = {"PATH": f"{Path(facts['python']).parent}:/usr/bin:/bin", "HOME": state, "LANG": "C.UTF-8",
                     "CUDA_VISIBLE_DEVICES": facts["cuda"], "TF_CPP_MIN_LOG_LEVEL": "2"}
+        st = hub.request("GET", "/users/bench-gpu").json()["servers"][""]["state"]
+        import pwd
+
+        acct = pwd.getpwnam(st["account"])
+        groups = (st.get("cgroup") or {}).get("paths", [])
+
+        def in_server_group():
+            for g in groups:
+                Path(g, "cgroup.procs").write_text(str(os.getpid()))
+            os.setgid(acct.pw_gid)
+            os.setuid(acct.pw_uid)
+
         for rnd in range(args.rounds):
             for side in (SIDES if rnd % 2 == 0 else SIDES[::-1]):
                 if side == SIDES[0]:
                     out = run_code(url, token, code, timeout=1800)
                     res = result_of(out["stdout"] + out["stderr"])
                 else:
-                    proc = subprocess.run([facts["python"], "-c", code], env=bare_env, capture_output=True,
-                                          text=True, timeout=1800, cwd=state)
+                    grouped = side == SIDES[2]
+                    proc = subprocess.run([facts["python"], "-c", code], capture_output=True, text=True,
+                                          timeout=1800, env={**bare_env, "HOME": acct.pw_dir} if grouped else bare_env,
+                                          cwd=acct.pw_dir if grouped else state,
+                                          preexec_fn=in_server_group if grouped else None)
                     res = result_of(proc.stdout + proc.stderr)
                 rows.append({"side": side, "round": rnd, **{k: res[k] for k in ("device", "samples_per_s",
                                                                                "seconds", "samples")}})
@@ -184,9 +201,9 @@ def main(argv=None) -> int:
         w.writerows(summary)
     plot(summary, out_dir / "gpu-training.png")
     print(f"\n{platform.node()}, {os.cpu_count()} CPUs, {args.rounds} rounds, {args.samples}x{args.epochs} samples")
-    print(f"{'side':<16}{'device':<8}{'samples/s median (min-max)':<34}ratio")
+    print(f"{'side':<23}{'device':<8}{'samples/s median (min-max)':<30}ratio")
     for s in summary:
-        print(f"{s['side']:<16}{s['device']:<8}{s['median']:9.1f} ({s['min']:.1f}-{s['max']:.1f}){'':<12}"
+        print(f"{s['side']:<23}{s['device']:<8}{s['median']:9.1f} ({s['min']:.1f}-{s['max']:.1f}){'':<8}"
               f"{s['ratio']:.3f}")
     print(f"device node {node}: its server's open -> {own}; another user's server -> {other} "
           f"({'refused by the kernel' if other == 'EPERM' else 'NOT REFUSED'})")
