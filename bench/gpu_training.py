@@ -85,8 +85,9 @@ def plot(summary: list[dict], path: Path) -> None:
     ax.set_xticks(range(len(summary)), [f"{s['side']}\n({s['device']})" for s in summary], fontsize=8)
     ax.set_ylabel("samples/s (median, min-max)")
     ratio = next((s["ratio"] for s in summary if s["side"] == SIDES[0]), None)
-    ax.set_title(f"Keras CNN training, 1 GPU: server / bare = {ratio:.3f}" if ratio else "Keras CNN training",
-                 fontsize=9)
+    where = "on its GPU" if summary and summary[0]["device"] == "GPU" else "on the CPU: no GPU here"
+    ax.set_title(f"Keras CNN training in a server given 1 GPU ({where})" + (f"\nserver / bare = {ratio:.3f}"
+                 if ratio else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
