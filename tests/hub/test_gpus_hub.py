@@ -55,24 +55,11 @@ _rt.gpu_usage._read = lambda: _json.load(open({path!r}))
 c.Spawner.poll_interval = 2
 """
 
-OPEN_NODES = """
+# Opens every node of the folder: the errno's name for each, or "opened". Run in a server's kernel, and in one of
+# its Spark executors (the Python worker its own worker's JVM starts).
+PROBE = """
 import errno, json, os
-out = {{}}
-for name in sorted(os.listdir({nodes!r})):
-    try:
-        os.close(os.open(os.path.join({nodes!r}, name), os.O_RDWR))
-        out[name] = "opened"
-    except OSError as e:
-        out[name] = errno.errorcode[e.errno]
-for dev in ("/dev/null", "/dev/urandom"):
-    os.close(os.open(dev, os.O_RDONLY))
-print("NODES" + json.dumps(out))
-"""
-# The same from a Spark executor of the server (its own worker's JVM starts the Python worker that runs this).
-EXECUTOR_NODES = """
-import errno, json, os
-from pyspark.sql import SparkSession
-def probe(_):
+def probe(_=None):
     import errno, os
     out = {{}}
     for name in sorted(os.listdir({nodes!r})):
@@ -81,8 +68,15 @@ def probe(_):
             out[name] = "opened"
         except OSError as e:
             out[name] = errno.errorcode[e.errno]
-    out["pid"] = os.getpid()
+    for dev in ("/dev/null", "/dev/urandom"):  # the rule is about GPUs only
+        os.close(os.open(dev, os.O_RDONLY))
     return [out]
+"""
+OPEN_NODES = PROBE + """
+print("NODES" + json.dumps(probe()[0]))
+"""
+EXECUTOR_NODES = PROBE + """
+from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
 print("EXEC" + json.dumps(spark.sparkContext.parallelize([0], 1).mapPartitions(probe).collect()[0]))
 spark.stop()

@@ -96,9 +96,15 @@ def test_spark_ui_opens_from_jupyterlab_for_its_owner_only(running_hub, hub):
         r = requests.get(f"{url}spark-ui/jobs/", headers=auth, timeout=30)
         assert r.status_code == 503 and "No Spark session is running" in r.text, (r.status_code, r.text[:500])
 
-        # The master's UI: its worker, linked under the proxy prefix.
-        r = requests.get(f"{url}spark-master/", headers=auth, timeout=30)
-        assert r.status_code == 200 and "Spark Master at spark://127.0.0.1:" in r.text, r.text[:500]
+        # The master's UI: its worker, linked under the proxy prefix. The spawn returns once the worker is started,
+        # not registered (a session waits for it anyway): on a busy machine that takes a few seconds more.
+        deadline = time.monotonic() + 60
+        while True:
+            r = requests.get(f"{url}spark-master/", headers=auth, timeout=30)
+            assert r.status_code == 200 and "Spark Master at spark://127.0.0.1:" in r.text, r.text[:500]
+            if f'href="/user/{alice}/spark-worker/"' in r.text or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert f'href="/user/{alice}/spark-worker/"' in r.text, r.text
 
         with KernelSession(url, token) as k:
