@@ -95,6 +95,13 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         found = [usage[d] for d in self.gpu_devices if d in usage]
         return found or None
 
+    def _limiter(self) -> Limiter:
+        """The hub's one Limiter (made at the first spawn or restored server: it probes the cgroup mounts once)."""
+        extra = self.runtime.extra
+        if "limiter" not in extra:
+            extra["limiter"] = Limiter()
+        return extra["limiter"]
+
     def _gpu_minors(self) -> tuple[int, ...]:
         """The device nodes (/dev/nvidiaN) this server's cgroup allows: its own GPUs' only."""
         by_id = {g.id: g for g in self.runtime.gpus}
@@ -133,7 +140,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         for path, text in self.plan.files.items():  # secrets for the user alone: 0600 files, never argv
             await asyncio.to_thread(scratch.write_private, placement.scratch_dir, path, text, uid, gid)
         if not self.developer_mode:
-            limiter = rt.extra.get("limiter") or rt.extra.setdefault("limiter", Limiter())
+            limiter = self._limiter()
             # Born with its device rule, before anything joins it: this server's GPUs only (none: no GPU at all).
             self.cgroup = await asyncio.to_thread(limiter.create, self.owner_key, self.plan.cpu_limit,
                                                   self.plan.mem_limit, self._gpu_minors())
@@ -326,7 +333,7 @@ class EskerLocalSpawner(EskerSpawner, LocalProcessSpawner):
         if self.cgroup is not None and self.pid:
             # The rule outlives the hub (it is the cgroup's); checked, and put back if it is missing, so a restart
             # never leaves a server with every GPU open.
-            limiter = self.runtime.extra.get("limiter") or self.runtime.extra.setdefault("limiter", Limiter())
+            limiter = self._limiter()
             try:
                 self.cgroup = limiter.restrict_devices(self.cgroup, self._gpu_minors())
             except DeviceRuleError as e:
